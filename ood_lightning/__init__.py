@@ -1,0 +1,1 @@
+"""Diffusion-based out-of-distribution detection on PyTorch Lightning."""

@@ -1,0 +1,1 @@
+"""LFDN: latent feature diffusion network (Yang et al., NeurIPS 2024)."""
