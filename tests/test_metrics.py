@@ -1,0 +1,207 @@
+"""Float64 OOD metrics against scikit-learn and hand-worked cases; the DDP score collector's de-duplication."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
+
+from ood_lightning.metrics import (
+    METRICS,
+    ScoreCollector,
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr95,
+    fpr95_openood,
+    group_means,
+    ood_metrics,
+)
+
+
+def _sklearn_reference(id_s, ood_s):
+    """AUROC / AUPR-In / AUPR-Out written out directly from the OpenOOD v1.5 definitions."""
+    id_s, ood_s = np.asarray(id_s, float), np.asarray(ood_s, float)
+    is_ood = np.r_[np.zeros(len(id_s)), np.ones(len(ood_s))]
+    score = np.r_[id_s, ood_s]
+    p_in, r_in, _ = precision_recall_curve(1 - is_ood, -score)
+    p_out, r_out, _ = precision_recall_curve(is_ood, score)
+    return roc_auc_score(is_ood, score), auc(r_in, p_in), auc(r_out, p_out)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: (r.normal(0, 1, 300), r.normal(1, 1.5, 200)),  # continuous, overlapping
+        lambda r: (r.integers(0, 5, 400).astype(float), r.integers(2, 8, 250).astype(float)),  # heavy ties
+        lambda r: (r.normal(5, 1, 50), r.normal(0, 1, 700)),  # mostly reversed, unbalanced
+    ],
+)
+def test_matches_sklearn(make):
+    id_s, ood_s = make(np.random.default_rng(123))
+    ref = _sklearn_reference(id_s, ood_s)
+    got = (auroc(id_s, ood_s), aupr_in(id_s, ood_s), aupr_out(id_s, ood_s))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_all_identical_scores():
+    id_s, ood_s = np.full(30, 2.0), np.full(70, 2.0)
+    assert auroc(id_s, ood_s) == pytest.approx(0.5)
+    ref = _sklearn_reference(id_s, ood_s)
+    assert aupr_in(id_s, ood_s) == pytest.approx(ref[1])
+    assert aupr_out(id_s, ood_s) == pytest.approx(ref[2])
+    # one threshold: at it everything is flagged OOD, so all ID is a false positive (OpenOOD); no OOD is
+    # strictly below the 95th ID percentile (= 2), so none is accepted as ID (ODIN)
+    assert fpr95_openood(id_s, ood_s) == 1.0
+    assert fpr95(id_s, ood_s) == 0.0
+
+
+def test_auroc_hand_counted_pairs():
+    # 16 (id, ood) pairs; a pair scores 1 if ood > id, 1/2 if equal:
+    #   id 0: 2,3,4,5 all above -> 4;  id 1: -> 4;  id 2: tie with 2, 3 above -> 3.5;
+    #   id 3: 2 below, tie with 3, 2 above -> 2.5.  Total 14 / 16 = 0.875
+    assert auroc([0, 1, 2, 3], [2, 3, 4, 5]) == pytest.approx(14 / 16)
+
+
+def test_perfect_and_reversed_separation():
+    id_s, ood_s = np.arange(20.0), np.arange(100.0, 110.0)
+    m = ood_metrics(id_s, ood_s)
+    # trapezoid sums may land one ulp off 1
+    assert [m["auroc"], m["aupr_in"], m["aupr_out"]] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+    assert (m["fpr95"], m["fpr95_openood"]) == (0.0, 0.0)
+    assert (m["n_id"], m["n_ood"]) == (20, 10)
+    assert list(m)[:5] == list(METRICS) == ["auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood"]
+
+    assert auroc(ood_s, id_s) == 0.0
+    # reversed: every OOD sample lies below every ID sample, so all are accepted as ID,
+    # and catching 95% of OOD means flagging every ID sample
+    assert fpr95(ood_s, id_s) == 1.0
+    assert fpr95_openood(ood_s, id_s) == 1.0
+
+
+def test_fpr95_hand_case_strict_threshold():
+    # np.percentile(0..99, 95) interpolates at rank 0.95 * 99 = 94.05 -> 94 + 0.05 * (95 - 94) = 94.05.
+    # OOD accepted as ID when strictly below: 94.0 yes, 94.05 no (equal), 95 no -> 1/3
+    id_s = np.arange(100.0)
+    assert fpr95(id_s, [94.0, 94.05, 95.0]) == pytest.approx(1 / 3)
+
+
+def test_fpr95_openood_hand_case():
+    # 20 OOD: one at -1 (below all ID), one at 5.5, 18 at 20..37. Catching 19/20 = 0.95 of OOD needs the
+    # threshold down to 5.5 (score >= 5.5 is flagged). ID = 0..9 plus one exactly at 5.5:
+    # flagged ID = 6, 7, 8, 9 and the tie 5.5 -> 5 of 11.
+    id_s = np.r_[np.arange(10.0), 5.5]
+    ood_s = np.r_[-1.0, 5.5, np.arange(20.0, 38.0)]
+    assert fpr95_openood(id_s, ood_s) == pytest.approx(5 / 11)
+    # ODIN convention on the same data: 95th ID percentile of 11 values lies between 8 and 9 (8.5);
+    # OOD strictly below it: -1 and 5.5 -> 2 of 20
+    assert np.percentile(id_s, 95) == pytest.approx(8.5)
+    assert fpr95(id_s, ood_s) == pytest.approx(2 / 20)
+
+
+def test_unbounded_scores_not_squashed():
+    from torchmetrics.functional.classification import binary_auroc
+
+    r = np.random.default_rng(7)
+    id_s, ood_s = r.normal(1e6, 1, 500), r.normal(1e6 + 3, 1, 500)
+    ours = auroc(id_s, ood_s)
+    assert ours > 0.9
+    # the bug we avoid: torchmetrics applies a sigmoid to scores outside [0, 1]; sigmoid(1e6) == 1 for all
+    preds = torch.tensor(np.r_[id_s, ood_s], dtype=torch.float32)
+    target = torch.cat([torch.zeros(500), torch.ones(500)]).long()
+    theirs = float(binary_auroc(preds, target))
+    assert theirs == pytest.approx(0.5)
+    assert ours - theirs > 0.3
+
+
+def test_accepts_lists_tensors_and_low_precision():
+    id_s = np.random.default_rng(0).normal(0, 1, 64)
+    ood_s = id_s + 0.5
+    ref = auroc(id_s, ood_s)
+    assert auroc(list(id_s), list(ood_s)) == ref
+    assert auroc(torch.tensor(id_s), torch.tensor(ood_s).reshape(-1, 1)) == ref
+    bf = auroc(torch.tensor(id_s, dtype=torch.bfloat16), torch.tensor(ood_s, dtype=torch.bfloat16))
+    assert abs(bf - ref) < 0.1
+
+
+@pytest.mark.parametrize("fn", list(METRICS.values()) + [ood_metrics])
+def test_rejects_empty_and_non_finite(fn):
+    good = np.arange(5.0)
+    with pytest.raises(ValueError, match="ID scores are empty"):
+        fn([], good)
+    with pytest.raises(ValueError, match="OOD scores are empty"):
+        fn(good, np.array([]))
+    with pytest.raises(ValueError, match=r"OOD scores contain 2 non-finite"):
+        fn(good, [1.0, np.nan, 2.0, np.inf])
+    with pytest.raises(ValueError, match=r"ID scores contain 1 non-finite"):
+        fn(torch.tensor([0.0, float("nan")]), good)
+
+
+def test_group_means_hand_built():
+    per_set = {
+        "a": {"auroc": 0.9, "aupr_in": 0.8, "aupr_out": 0.7, "fpr95": 0.2, "fpr95_openood": 0.4, "n_id": 10, "n_ood": 5},
+        "b": {"auroc": 0.7, "aupr_in": 0.6, "aupr_out": 0.5, "fpr95": 0.4, "fpr95_openood": 0.6, "n_id": 10, "n_ood": 15},
+        "c": {"auroc": 0.5, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 1.0, "fpr95_openood": 1.0, "n_id": 10, "n_ood": 100,
+              "extra": 123.0},
+    }
+    groups = {"near": ["a", "b"], "far": ["c", "missing"], "gone": ["missing", "also_missing"]}
+    out = group_means(per_set, groups)
+    assert set(out) == {"near", "far"}
+    # unweighted: b has 3x a's OOD samples but counts the same
+    assert out["near"]["auroc"] == pytest.approx(0.8)
+    assert out["near"]["aupr_in"] == pytest.approx(0.7)
+    assert out["near"]["aupr_out"] == pytest.approx(0.6)
+    assert out["near"]["fpr95"] == pytest.approx(0.3)
+    assert out["near"]["fpr95_openood"] == pytest.approx(0.5)
+    assert (out["near"]["n_id"], out["near"]["n_ood"]) == (10, 20)  # one shared ID set: its count is not summed
+    assert out["far"]["auroc"] == pytest.approx(0.5) and out["far"]["n_ood"] == 100
+    assert "extra" not in out["far"]
+
+
+def test_score_collector_deduplicates_ddp_padding():
+    rng = np.random.default_rng(0)
+    n = 10
+    mse, cos = rng.normal(size=n), rng.normal(1e6, 1, size=n)
+    # two "ranks" worth of shuffled batches; indices 3 and 0 repeat as a padded DistributedSampler would
+    order = np.r_[rng.permutation(n), 3, 0]
+    col = ScoreCollector(["mse", "cos.sim"])
+    for chunk in np.array_split(order, 4):
+        idx = torch.from_numpy(chunk)
+        col.update({"mse": torch.from_numpy(mse[chunk]).float(), "cos.sim": torch.from_numpy(cos[chunk])}, idx)
+    col.add_skipped(torch.tensor([42, 17]))
+    col.add_skipped(torch.tensor([42]))
+    out = col.compute()
+    np.testing.assert_array_equal(out["index"], np.arange(n))
+    assert out["index"].dtype == np.int64
+    assert out["scores"]["mse"].dtype == np.float64
+    np.testing.assert_allclose(out["scores"]["mse"], mse, rtol=1e-6)  # stored as the given float32
+    np.testing.assert_array_equal(out["scores"]["cos.sim"], cos)  # float64 kept exactly
+    assert out["n_skipped"] == 2
+
+
+def test_score_collector_keeps_first_occurrence():
+    col = ScoreCollector(["s"])
+    col.update({"s": torch.tensor([5.0, 1.0])}, torch.tensor([7, 2]))
+    col.update({"s": torch.tensor([9.0])}, torch.tensor([7]))
+    out = col.compute()
+    np.testing.assert_array_equal(out["index"], [2, 7])
+    np.testing.assert_array_equal(out["scores"]["s"], [1.0, 5.0])
+
+
+def test_score_collector_empty_and_reset():
+    col = ScoreCollector(["a", "b"])
+    with pytest.warns(UserWarning):  # torchmetrics warns that compute ran before update
+        out = col.compute()
+    assert out["index"].shape == (0,) and out["n_skipped"] == 0
+    assert set(out["scores"]) == {"a", "b"} and all(v.shape == (0,) for v in out["scores"].values())
+
+    col.update({"a": torch.ones(2), "b": torch.zeros(2)}, torch.tensor([0, 1]))
+    col.reset()
+    col.update({"a": torch.ones(1), "b": torch.zeros(1)}, torch.tensor([5]))
+    assert col.compute()["index"].tolist() == [5]
+
+
+def test_score_collector_rejects_mismatched_input():
+    col = ScoreCollector(["a"])
+    with pytest.raises(ValueError, match="expected scores"):
+        col.update({"b": torch.ones(2)}, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="3 values for 2 indices"):
+        col.update({"a": torch.ones(3)}, torch.tensor([0, 1]))
