@@ -1,0 +1,12 @@
+"""Data sources, benchmark presets and the DataModule."""
+from .benchmarks import PRESETS, Benchmark, build_benchmark, default_transform
+from .datamodule import OODDataModule, collate
+from .decoding import ImageDecodeError, load_rgb, to_rgb
+from .sources import (DigitsSource, ImageFolderSource, ImageListSource, ImageSource, SubsetSource,
+                      TorchvisionSource, skip_marker, subset)
+
+__all__ = [
+    "PRESETS", "Benchmark", "build_benchmark", "default_transform", "OODDataModule", "collate", "ImageDecodeError",
+    "load_rgb", "to_rgb", "DigitsSource", "ImageFolderSource", "ImageListSource", "ImageSource", "SubsetSource",
+    "TorchvisionSource", "skip_marker", "subset",
+]

@@ -1,0 +1,150 @@
+"""The LightningDataModule: an in-distribution train split, the in-distribution test split and named OOD test sets,
+batched by `collate`, which drops undecodable images and reports their indices."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .benchmarks import build_benchmark, default_transform
+from .sources import subset
+
+
+def _is_skipped(item: dict | None) -> bool:
+    return item is None or any(value is None for value in item.values())
+
+
+def _stack(values: list):
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    if isinstance(values[0], (bool, int, float)):
+        return torch.tensor(values)  # Python ints -> int64
+    return values
+
+
+def _empty(value):
+    if value is None or isinstance(value, (torch.Tensor, float)):
+        return torch.empty(0)
+    return torch.empty(0, dtype=torch.int64) if isinstance(value, int) else []
+
+
+def collate(items: list[dict | None]) -> dict:
+    """Batch samples, dropping skipped ones.
+
+    An item is skipped when it is None or one of its values is None (the skip marker of `sources.py`, which keeps
+    its "index"). Tensors of any key ("image", "feature", ...) are stacked, ints become int64 tensors, floats
+    float tensors, anything else stays a list. "skipped" (int64[K]) holds the dataset indices of the skipped items
+    (-1 for a bare None, whose index is unknown). When every item was skipped, each tensor key holds an empty
+    tensor of shape [0] (the image size is unknown then) and "label"/"index" empty int64 tensors.
+    """
+    kept = [item for item in items if not _is_skipped(item)]
+    skipped = [-1 if item is None else int(item["index"]) for item in items if _is_skipped(item)]
+    if kept:
+        batch = {key: _stack([item[key] for item in kept]) for key in kept[0]}
+    else:
+        template = next((item for item in items if item is not None), {"image": None, "label": -1, "index": -1})
+        batch = {key: _empty(value) for key, value in template.items()}
+    batch["skipped"] = torch.tensor(skipped, dtype=torch.int64)
+    return batch
+
+
+class OODDataModule(L.LightningDataModule):
+    """In-distribution train/test splits and named OOD test sets of one benchmark preset.
+
+    Samples are dicts {"image": [3,H,W] in [0,1], "label", "index"}; the models normalise. After `setup`,
+    `train_set` and `test_sets` may be replaced (e.g. by cached-feature datasets with the same item contract):
+    loaders are built from them when requested. Evaluation loaders never shuffle or drop samples.
+
+    Args:
+        benchmark: Benchmark preset: digits, cifar10_jpeg, lfdn_cifar10, lfdn_cifar100, lfdn_celeba,
+            openood_v1.5/{cifar10,cifar100,imagenet200,imagenet1k}, openood_v1.0/imagenet or folders.
+        root: Data folder the preset's paths are relative to (each preset's docstring shows its layout);
+            not needed by digits, optional for folders.
+        image_size: Resize target: a square of this side, or with center_crop the shorter side; None keeps the
+            native size.
+        center_crop: Centre-crop side after resizing (e.g. 224 after image_size 256 for ImageNet); None: no crop.
+        batch_size: Samples per batch, for training and evaluation.
+        num_workers: DataLoader worker processes (0 reads in the main process).
+        train_subset: Keep a seeded random sample of this many train images (None: all).
+        eval_subset: Keep a seeded random sample of this many images of every test set (None: all).
+        seed: Seed of the subsets.
+        download: Let presets with torchvision sets (lfdn_*) download CIFAR/SVHN; nothing is ever downloaded
+            otherwise.
+        id_train: folders preset: folder of in-distribution train images (optional).
+        id_test: folders preset: folder of in-distribution test images.
+        ood: folders preset: OOD set name -> folder of its images.
+        train: Build the in-distribution train split; false for evaluation-only runs whose train images are not on
+            disk (OpenOOD does not distribute ImageNet train images).
+    """
+
+    def __init__(
+        self,
+        benchmark: str = "digits",
+        root: str | None = None,
+        image_size: int | None = 64,
+        center_crop: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
+        seed: int = 0,
+        download: bool = False,
+        id_train: str | None = None,
+        id_test: str | None = None,
+        ood: dict[str, str] | None = None,
+        train: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.benchmark_name = benchmark
+        self.transform = default_transform(image_size, center_crop)
+        self.train_set: Dataset | None = None
+        self.test_sets: dict[str, Dataset] = {}
+        self.groups: dict[str, list[str]] = {}
+        self.id_name = ""
+        self._built = False
+
+    def _build(self):
+        hp = self.hparams
+        folder_options = {"id_train": hp.id_train, "id_test": hp.id_test, "ood": hp.ood}
+        options = {key: value for key, value in folder_options.items() if value is not None}
+        if hp.download:
+            options["download"] = True
+        return build_benchmark(hp.benchmark, hp.root, self.transform, train=hp.train, **options)
+
+    def prepare_data(self) -> None:
+        """Downloads (torchvision sets, only with download=True) happen here, once per node."""
+        if self.hparams.download:
+            self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the benchmark once; later calls keep the datasets (and any replacement made since)."""
+        if self._built:
+            return
+        benchmark = self._build()
+        if "id" in benchmark.ood:
+            raise ValueError("'id' names the in-distribution test set; rename the OOD set called 'id'")
+        hp = self.hparams
+        self.train_set = None if benchmark.id_train is None else subset(benchmark.id_train, hp.train_subset, hp.seed)
+        sets = {"id": benchmark.id_test, **benchmark.ood}
+        self.test_sets = {name: subset(ds, hp.eval_subset, hp.seed) for name, ds in sets.items()}
+        self.groups = benchmark.groups
+        self.id_name = benchmark.id_name
+        self._built = True
+
+    def loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        """The one loader factory: never drops samples; workers persist across epochs; pinned memory only with CUDA."""
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=False,
+                          num_workers=workers, persistent_workers=workers > 0, collate_fn=collate,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError(f"benchmark {self.benchmark_name!r} has no in-distribution train split here "
+                               "(setup() not run, train=False, or folders without id_train)")
+        return self.loader(self.train_set, shuffle=True)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test set, in `test_sets` order: "id" first, then the OOD sets."""
+        return [self.loader(dataset) for dataset in self.test_sets.values()]

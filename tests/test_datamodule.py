@@ -1,0 +1,148 @@
+"""The DataModule and collate: every test sample exactly once and in order, skips reported, sets replaceable."""
+import gc
+
+import lightning as L
+import pytest
+import torch
+
+from data_helpers import make_class_tree, make_flat, write_corrupt_files
+from ood_lightning.data import OODDataModule, collate
+
+KEYS = {"image", "label", "index", "skipped"}
+
+
+def _folders_module(tmp_path, **kwargs) -> OODDataModule:
+    make_class_tree(tmp_path / "mine" / "train", per_class=5)  # 10 train images
+    make_class_tree(tmp_path / "mine" / "test", per_class=4)  # 8 test images
+    make_flat(tmp_path / "ood_a", n=7)
+    make_flat(tmp_path / "ood_b", n=3)
+    options = dict(benchmark="folders", root=str(tmp_path), image_size=8, batch_size=3, id_train="mine/train",
+                   id_test="mine/test", ood={"ood_a": "ood_a", "ood_b": "ood_b"})
+    return OODDataModule(**{**options, **kwargs})
+
+
+# --- collate -----------------------------------------------------------------------------------------------------
+
+def test_collate_images_and_skip_markers():
+    items = [{"image": torch.zeros(3, 2, 2), "label": 1, "index": 0},
+             {"image": None, "label": 0, "index": 1},
+             {"image": torch.ones(3, 2, 2), "label": -1, "index": 2},
+             None]
+    batch = collate(items)
+    assert set(batch) == KEYS and batch["image"].shape == (2, 3, 2, 2)
+    assert batch["label"].dtype == batch["index"].dtype == batch["skipped"].dtype == torch.int64
+    assert batch["label"].tolist() == [1, -1] and batch["index"].tolist() == [0, 2]
+    assert batch["skipped"].tolist() == [1, -1]  # a bare None has no index
+
+
+def test_collate_everything_skipped():
+    batch = collate([{"image": None, "label": 3, "index": 7}, {"image": None, "label": 3, "index": 9}])
+    assert set(batch) == KEYS and batch["image"].shape == (0,)
+    assert batch["index"].shape == (0,) and batch["index"].dtype == torch.int64
+    assert batch["skipped"].tolist() == [7, 9]
+
+
+def test_collate_feature_items():
+    batch = collate([{"feature": torch.randn(5), "label": -1, "index": i} for i in range(4)])
+    assert set(batch) == {"feature", "label", "index", "skipped"}
+    assert batch["feature"].shape == (4, 5) and batch["skipped"].shape == (0,)
+
+
+# --- the DataModule ----------------------------------------------------------------------------------------------
+
+def test_test_loaders_serve_every_sample_once_in_order(tmp_path):
+    dm = _folders_module(tmp_path)
+    dm.setup("test")
+    assert list(dm.test_sets) == ["id", "ood_a", "ood_b"] and dm.id_name == "mine"
+    loaders = dm.test_dataloader()
+    assert len(loaders) == 3
+    for (name, dataset), loader in zip(dm.test_sets.items(), loaders):
+        batches = list(loader)
+        assert all(set(batch) == KEYS for batch in batches)
+        assert all(batch["image"].shape[1:] == (3, 8, 8) for batch in batches)
+        order = torch.cat([batch["index"] for batch in batches]).tolist()
+        assert order == list(range(len(dataset))), name  # no shuffling, no dropped last batch
+    labels = torch.cat([batch["label"] for batch in loaders[0]]).tolist()
+    assert labels == [0] * 4 + [1] * 4
+    assert set(torch.cat([batch["label"] for batch in loaders[1]]).tolist()) == {-1}
+
+
+def test_train_loader_covers_every_train_sample(tmp_path):
+    dm = _folders_module(tmp_path)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    seen = torch.cat([batch["index"] for batch in loader]).tolist()
+    assert sorted(seen) == list(range(10))
+    assert loader.drop_last is False and loader.batch_size == 3
+
+
+def test_corrupt_test_images_are_reported_not_dropped_silently(tmp_path):
+    dm = _folders_module(tmp_path)
+    write_corrupt_files(tmp_path / "ood_b")
+    dm.setup("test")
+    batches = list(dm.test_dataloader()[2])
+    kept = torch.cat([batch["index"] for batch in batches]).tolist()
+    skipped = torch.cat([batch["skipped"] for batch in batches]).tolist()
+    assert len(skipped) == 3 and sorted(kept + skipped) == list(range(6))
+
+
+def test_subsets_setup_once_and_replaceable_sets(tmp_path):
+    dm = _folders_module(tmp_path, train_subset=4, eval_subset=5)
+    dm.setup("fit")
+    assert len(dm.train_set) == 4 and [len(ds) for ds in dm.test_sets.values()] == [5, 5, 3]
+    replacement = [{"feature": torch.zeros(2), "label": -1, "index": i} for i in range(4)]
+    dm.test_sets["ood_b"] = replacement
+    dm.setup("test")  # idempotent: keeps the replacement
+    assert dm.test_sets["ood_b"] is replacement
+    assert torch.cat([b["index"] for b in dm.test_dataloader()[2]]).tolist() == [0, 1, 2, 3]
+
+
+def test_worker_processes(tmp_path):
+    dm = _folders_module(tmp_path, num_workers=1)
+    dm.setup("test")
+    loader = dm.test_dataloader()[1]
+    assert loader.persistent_workers and loader.pin_memory == torch.cuda.is_available()
+    assert torch.cat([batch["index"] for batch in loader]).tolist() == list(range(7))
+    del loader  # stop the persistent worker now: reaped later by the garbage collector, it can take 5 s to join
+    gc.collect()
+
+
+def test_no_train_split(tmp_path):
+    dm = _folders_module(tmp_path, id_train=None)
+    dm.setup("fit")
+    with pytest.raises(RuntimeError, match="no in-distribution train split"):
+        dm.train_dataloader()
+
+
+def test_ood_set_may_not_be_called_id(tmp_path):
+    dm = _folders_module(tmp_path, ood={"id": "ood_a"})
+    with pytest.raises(ValueError, match="'id'"):
+        dm.setup("test")
+
+
+def test_digits_default():
+    dm = OODDataModule(batch_size=256)
+    dm.setup("fit")
+    assert dm.id_name == "digits_0_4" and dm.groups == {}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (256, 3, 64, 64)
+
+
+class _IndexRecorder(L.LightningModule):
+    """Records which indices each test loader delivered, as a detector's test_step would see them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[int, list[int]] = {}
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self.seen.setdefault(dataloader_idx, []).extend(batch["index"].tolist())
+
+
+def test_lightning_trainer_runs_every_test_loader(tmp_path):
+    dm = _folders_module(tmp_path)
+    model = _IndexRecorder()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert model.seen == {0: list(range(8)), 1: list(range(7)), 2: list(range(3))}
