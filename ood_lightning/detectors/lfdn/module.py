@@ -1,0 +1,187 @@
+"""LFDN as a LightningModule: train the feature denoiser, then score MSE, MFsim and LR in one pass.
+
+The image -> feature step runs once through the feature cache (see feature_cache.py): at `setup` the
+datamodule's image datasets are swapped for cached feature datasets, so every epoch reads vectors, not images.
+Three copies of the denoiser live in the module: the trained weights, their EMA (used for scoring, as the
+reference does), and the EMA frozen after the first epoch (the reference's checkpoint-0, needed by the LR
+score). One checkpoint therefore carries everything evaluation needs.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from jsonargparse import lazy_instance
+from torch import Tensor
+
+from ood_lightning.backbones import MultiLayerFeatures, group_zscore
+from ood_lightning.detectors.base import OODDetector
+from ood_lightning.detectors.lfdn.checkpoint import load_official_checkpoint
+from ood_lightning.detectors.lfdn.diffusion import LFDNSchedule, reconstruct, reconstruct_noise_count
+from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
+from ood_lightning.detectors.lfdn.network import LFDN
+from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
+from ood_lightning.noise import sample_noise
+
+
+class LFDNDetector(OODDetector):
+    """Latent Feature Diffusion Network OOD detector (Yang et al., NeurIPS 2024).
+
+    Defaults reproduce the released code's arithmetic and the paper's recipe (lr 1e-4); the network size
+    follows the reference (hidden width 2x the feature size, 16 blocks).
+
+    Args:
+        backbone: frozen multi-layer feature extractor (timm model, taps, weights file).
+        hidden_dim: width of the residual MLP stream; default 2 x feature size (1440 for EfficientNet-B4).
+        time_embed_dim: width of the time embedding; default the feature size (as the reference).
+        num_blocks: residual blocks (16 in the paper).
+        dropout: dropout inside the blocks (0 in the reference).
+        lr: AdamW learning rate (paper 1e-4; the released code's default is 1e-5).
+        weight_decay: AdamW weight decay on every parameter (released code: 0.02).
+        ema_decay: EMA decay ceiling; the warm-up min(decay, (1+n)/(10+n)) is the reference's.
+        num_timesteps: diffusion steps T.
+        beta_start: first beta of the sqrt-linear schedule.
+        beta_end: last beta of the sqrt-linear schedule.
+        start_index: the diffusion index features are noised to before reconstruction (reference: 3).
+        eta: DDIM stochasticity of the reconstruction (reference: 1).
+        reconstruction: "reference" (the released code's shifted alpha tables) or "consistent" (our fix).
+        mfsim_skip_first_group: the reference leaves the first layer out of MFsim; False includes it.
+        seed: seed of the per-sample reconstruction noise (scores do not depend on batch size or GPU count).
+        cache_dir: where backbone features are cached.
+        official_checkpoints: score the released code's checkpoints instead of trained weights: the paths of
+            its checkpoint-0.pth (first epoch, for LR) and checkpoint-last.pth.
+        results_dir: where results files go; default: the trainer's log directory.
+    """
+
+    score_names = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
+
+    def __init__(
+        self,
+        backbone: MultiLayerFeatures = lazy_instance(MultiLayerFeatures),
+        hidden_dim: int | None = None,
+        time_embed_dim: int | None = None,
+        num_blocks: int = 16,
+        dropout: float = 0.0,
+        lr: float = 1e-4,
+        weight_decay: float = 0.02,
+        ema_decay: float = 0.9999,
+        num_timesteps: int = 100,
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+        start_index: int = 3,
+        eta: float = 1.0,
+        reconstruction: str = "reference",
+        mfsim_skip_first_group: bool = True,
+        seed: int = 0,
+        cache_dir: str = ".cache/features",
+        official_checkpoints: list[str] | None = None,
+        results_dir: str | None = None,
+    ):
+        super().__init__(results_dir=results_dir)
+        self.save_hyperparameters(ignore=["backbone"])
+        if reconstruction not in ("reference", "consistent"):
+            raise ValueError(f"reconstruction must be 'reference' or 'consistent', got {reconstruction!r}")
+        self.backbone = backbone
+        self.group_sizes = list(backbone.group_sizes)
+        dim = backbone.feature_dim
+        self.net = LFDN(dim, hidden_dim or 2 * dim, time_embed_dim or dim, num_blocks, dropout)
+        self.ema = _frozen_copy(self.net)
+        self.ema_first = _frozen_copy(self.net)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.schedule = LFDNSchedule(num_timesteps, beta_start, beta_end)
+        self.cache = FeatureCache(cache_dir, backbone)
+        if official_checkpoints is not None:
+            self._load_official(*official_checkpoints)
+
+    def _load_official(self, first: str, last: str) -> None:
+        """The released code's checkpoint-0 (EMA -> ema_first) and checkpoint-last (raw -> net, EMA -> ema)."""
+        for target, path, ema in ((self.ema_first, first, True), (self.net, last, False), (self.ema, last, True)):
+            loaded, info = load_official_checkpoint(path, ema=ema)
+            target.load_state_dict(loaded.state_dict())
+        self.ema_updates.fill_(info["ema_num_updates"] or 0)
+
+    # -- data: images -> cached features ---------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        trainer = self.trainer
+        device = trainer.strategy.root_device
+        common = dict(
+            make_loader=dm.loader,
+            device=device,
+            builder=trainer.local_rank == 0,
+            barrier=trainer.strategy.barrier,
+            quiet=not trainer.is_global_zero,
+        )
+        if stage == "fit":
+            dm.train_set = self.cache.get(dm.train_set, name="train", **common)
+        if stage == "test":
+            dm.test_sets = {
+                name: self.cache.get(ds, name=name, **common) for name, ds in dm.test_sets.items()
+            }
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        for name, ds in self.trainer.datamodule.test_sets.items():
+            self.record_skipped(name, ds.skipped)
+
+    # -- training --------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        # The reference updates the EMA inside forward, before this step's optimizer update.
+        decay = self._update_ema()
+        z = group_zscore(batch["feature"], self.group_sizes)
+        t = self.schedule.sample_timesteps(len(z), device=z.device)
+        loss = self.schedule.training_loss(self.net, z, t, torch.randn_like(z))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"LFDN loss became {loss.item()} at global step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ema_decay", decay)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    @torch.no_grad()
+    def _update_ema(self) -> float:
+        self.ema_updates += 1
+        n = self.ema_updates.item()
+        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.net.parameters()):
+            e.lerp_(p, 1 - decay)
+        return decay
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch == 0:
+            self.ema_first.load_state_dict(self.ema.state_dict())
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, net: LFDN, z: Tensor, index: Tensor, stream: str) -> Tensor:
+        noise = sample_noise(
+            (reconstruct_noise_count(self.hparams.start_index), z.shape[1]),
+            index,
+            seed=self.hparams.seed,
+            stream=stream,
+            device=z.device,
+        )
+        return reconstruct(
+            net, z, self.schedule, noise,
+            start_index=self.hparams.start_index, eta=self.hparams.eta, variant=self.hparams.reconstruction,
+        )
+
+    def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
+        z = group_zscore(batch["feature"], self.group_sizes)
+        out = {}
+        for tag, net in (("", self.ema), ("_epoch0", self.ema_first)):
+            z_hat = self.reconstruct(net, z, batch["index"], stream=f"{dataset}/lfdn{tag or '_last'}")
+            out[f"mse{tag}"] = mse_score(z, z_hat)
+            out[f"mfsim{tag}"] = mfsim_score(z, z_hat, self.group_sizes, self.hparams.mfsim_skip_first_group)
+        out["lr_mse"] = out["mse_epoch0"] - out["mse"]
+        out["lr_mfsim"] = out["mfsim_epoch0"] - out["mfsim"]
+        return out
+
+
+def _frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    copy_ = copy.deepcopy(net)
+    copy_.requires_grad_(False)
+    return copy_
