@@ -12,6 +12,7 @@ import copy
 
 import torch
 from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from ood_lightning.backbones import MultiLayerFeatures, group_zscore
@@ -123,6 +124,10 @@ class LFDNDetector(OODDetector):
         super().on_test_start()
         for name, ds in self.trainer.datamodule.test_sets.items():
             self.record_skipped(name, ds.skipped)
+
+    def configure_callbacks(self):
+        # last.ckpt for resuming; it also carries the first-epoch EMA that the LR score needs.
+        return [ModelCheckpoint(save_last=True)]
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self):

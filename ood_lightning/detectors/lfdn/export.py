@@ -1,0 +1,41 @@
+"""Export a trained LFDN run to the released code's checkpoint layout (checkpoint-0.pth, checkpoint-last.pth).
+
+    python -m ood_lightning.detectors.lfdn.export RUN/checkpoints/last.ckpt OUT_DIR
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ood_lightning.detectors.lfdn.checkpoint import save_official_checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a Lightning checkpoint of LFDNDetector (e.g. last.ckpt)")
+    parser.add_argument("out_dir", help="folder for checkpoint-0.pth and checkpoint-last.pth")
+    args = parser.parse_args(argv)
+    print("\n".join(export(args.checkpoint, args.out_dir)))
+
+
+def export(checkpoint: str, out_dir: str) -> list[str]:
+    """The trained weights and EMA go to checkpoint-last; only the first epoch's EMA is kept, so checkpoint-0
+    carries it as both its raw and EMA weights (the LR score reads only the EMA)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    nets = {}
+    for name in ("net", "ema", "ema_first"):
+        sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        if not sub:
+            raise ValueError(f"{checkpoint} has no '{name}.*' weights: is it an LFDNDetector checkpoint?")
+        nets[name] = sub
+    updates = int(state["ema_updates"])
+    paths = [f"{out_dir}/checkpoint-0.pth", f"{out_dir}/checkpoint-last.pth"]
+    save_official_checkpoint(paths[0], nets["ema_first"], nets["ema_first"], epoch=0, num_updates=updates)
+    save_official_checkpoint(paths[1], nets["net"], nets["ema"], epoch=ckpt["epoch"], num_updates=updates)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
