@@ -133,8 +133,12 @@ class OODDataModule(L.LightningDataModule):
         self._built = True
 
     def loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        """The one loader factory: never drops samples; workers persist across epochs; pinned memory only with CUDA."""
-        workers = self.hparams.num_workers
+        """The one loader factory: never drops samples; workers persist across epochs; pinned memory only with CUDA.
+
+        Datasets held in memory (``in_memory = True``, e.g. cached features) are read in the main process:
+        workers only help decoding, and their extra threads slow a 2-core machine down.
+        """
+        workers = 0 if getattr(dataset, "in_memory", False) else self.hparams.num_workers
         return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=False,
                           num_workers=workers, persistent_workers=workers > 0, collate_fn=collate,
                           pin_memory=torch.cuda.is_available())

@@ -26,6 +26,8 @@ CACHE_VERSION = "1"
 class FeatureDataset(Dataset):
     """Cached feature vectors with the dataset indices of the images they came from."""
 
+    in_memory = True  # the DataModule reads it without worker processes
+
     def __init__(self, features: Tensor, index: Tensor, label: Tensor, skipped: Tensor, name: str):
         self.features, self.index, self.label, self.skipped, self.name = features, index, label, skipped, name
 
