@@ -31,7 +31,7 @@ def scores_of(results_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for f in sorted((results_dir / "scores").glob("*.npz")):
         with np.load(f) as npz:
-            out[f.stem] = {k: npz[k] for k in npz.files}
+            out[f.stem] = {k: npz[k] for k in npz.files if k == "index" or (k.startswith("score_") and k != "score_names")}
     return out
 
 
