@@ -16,11 +16,10 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "lfdn" / "digits_dem
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv[1:] if args is None else args
-    if not args:
+    if not (sys.argv[1:] if args is None else args):
         print("No arguments: running the offline demo (configs/lfdn/digits_demo.yaml).")
         args = ["--config", str(DEMO_CONFIG)]
-    cli = make_cli(args, description=__doc__)
+    cli = make_cli(args, description=__doc__)  # None: LightningCLI reads sys.argv itself
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
 

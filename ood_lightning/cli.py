@@ -7,12 +7,18 @@ from lightning.pytorch.cli import LightningCLI
 
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.base import OODDetector
+from ood_lightning.wandb_logging import wandb_offline_without_credentials
 
 TRAINER_DEFAULTS = {"default_root_dir": "runs", "log_every_n_steps": 10}
 
 
 class OODCLI(LightningCLI):
-    """Adds the checkpoint path that both entry points take; the detector is chosen by class_path."""
+    """Adds the checkpoint path that both entry points take; the detector is chosen by class_path.
+
+    After instantiation it hands the resolved config to the detector (results.json's config_hash is taken over
+    it) and, when a WandbLogger is configured but no W&B credentials exist, switches W&B to offline mode instead
+    of letting wandb.init stop the run.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -22,6 +28,15 @@ class OODCLI(LightningCLI):
             help="train.py: resume from this checkpoint ('last' = newest in the run folder); "
             "evaluate.py: score the weights in this checkpoint.",
         )
+        parser.add_argument("--plots", type=bool, default=True,
+                            help="write score histograms and ROC curves (plots/*.png) beside the results")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config.as_dict()
+        self.model.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
+        self.model.write_plots = bool(config.get("plots", True))
+        wandb_offline_without_credentials(self.trainer.loggers)
 
 
 def make_cli(args: list[str] | None, description: str) -> OODCLI:

@@ -129,34 +129,71 @@ class ScoreCollector(torchmetrics.Metric):
 
     Lightning/torchmetrics gather the states across DDP ranks; the DistributedSampler pads shards with repeated
     samples, so compute() keeps the first occurrence of each index (duplicates are identical samples).
+
+    Besides the scores it can keep, per sample and de-duplicated the same way:
+    - ``with_labels=True``: the batch's class labels (``update(..., labels=...)``; -1 where none was given);
+    - ``extra_names``: other per-sample values a detector reports but that are not OOD scores (e.g. the
+      classifier's predicted class), returned under "extras" with the dtype they were given in.
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, score_names: Sequence[str], **kwargs) -> None:
+    def __init__(
+        self,
+        score_names: Sequence[str],
+        *,
+        with_labels: bool = False,
+        extra_names: Sequence[str] = (),
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        names = list(score_names)
+        names, extras = list(score_names), list(extra_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"score_names must be non-empty and unique, got {names}")
+        if len(set(extras)) != len(extras) or set(extras) & set(names):
+            raise ValueError(f"extra_names must be unique and distinct from score_names, got {extras}")
         self.score_names = names
+        self.extra_names = extras
+        self.with_labels = bool(with_labels)
         # states are named by position so any score name (dots, clashes with Metric attributes) is safe
         self._state_of = {name: f"score_{k}" for k, name in enumerate(names)}
-        for state in self._state_of.values():
+        self._extra_state_of = {name: f"extra_{k}" for k, name in enumerate(extras)}
+        for state in [*self._state_of.values(), *self._extra_state_of.values()]:
             self.add_state(state, default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("skipped", default=[], dist_reduce_fx="cat")
+        if self.with_labels:
+            self.add_state("labels", default=[], dist_reduce_fx="cat")
 
-    def update(self, scores: Mapping[str, Tensor], index: Tensor) -> None:
+    def update(
+        self,
+        scores: Mapping[str, Tensor],
+        index: Tensor,
+        labels: Tensor | Sequence[int] | None = None,
+        extras: Mapping[str, Tensor] | None = None,
+    ) -> None:
         if set(scores) != set(self.score_names):
             raise ValueError(f"expected scores {sorted(self.score_names)}, got {sorted(scores)}")
+        extras = dict(extras or {})
+        if set(extras) != set(self.extra_names):
+            raise ValueError(f"expected extras {sorted(self.extra_names)}, got {sorted(extras)}")
         index = torch.as_tensor(index, device=self.device).reshape(-1).long()
-        for name, value in scores.items():
-            value = torch.as_tensor(value, device=self.device).detach().reshape(-1)
-            if value.numel() != index.numel():
-                raise ValueError(f"score {name!r} has {value.numel()} values for {index.numel()} indices")
-            getattr(self, self._state_of[name]).append(value)
+        for kind, values, states in (("score", scores, self._state_of), ("extra", extras, self._extra_state_of)):
+            for name, value in values.items():
+                value = torch.as_tensor(value, device=self.device).detach().reshape(-1)
+                if value.numel() != index.numel():
+                    raise ValueError(f"{kind} {name!r} has {value.numel()} values for {index.numel()} indices")
+                getattr(self, states[name]).append(value)
+        if self.with_labels:
+            # appended on every update, always int64, so every rank gathers the same dtype
+            if labels is None:
+                labels = torch.full_like(index, -1)
+            labels = torch.as_tensor(labels, device=self.device).reshape(-1).long()
+            if labels.numel() != index.numel():
+                raise ValueError(f"{labels.numel()} labels for {index.numel()} indices")
+            self.labels.append(labels)
         self.index.append(index)
         # An int64 entry on every rank that saw data: torchmetrics would otherwise gather an empty
         # float32 "skipped" on ranks that skipped nothing beside int64 on ranks that did.
@@ -167,15 +204,28 @@ class ScoreCollector(torchmetrics.Metric):
         self.skipped.append(torch.as_tensor(index, device=self.device).reshape(-1).long())
 
     def compute(self) -> dict:
+        """{"index": sorted unique int64, "scores": {name: float64}, "n_skipped": int}, plus "labels" (int64)
+        with ``with_labels`` and "extras" ({name: array}) with ``extra_names``; arrays are aligned with index."""
         index = _cat_numpy(self.index, np.int64)
         index, first = np.unique(index, return_index=True)  # sorted; first occurrence of each index
         scores = {name: _cat_numpy(getattr(self, state), np.float64)[first] for name, state in self._state_of.items()}
         n_skipped = int(np.unique(_cat_numpy(self.skipped, np.int64)).size)
-        return {"index": index, "scores": scores, "n_skipped": n_skipped}
+        out = {"index": index, "scores": scores, "n_skipped": n_skipped}
+        if self.with_labels:
+            out["labels"] = _cat_numpy(self.labels, np.int64)[first]
+        if self.extra_names:
+            out["extras"] = {name: _cat_numpy(getattr(self, state), None)[first]
+                             for name, state in self._extra_state_of.items()}
+        return out
 
 
 def _cat_numpy(state, dtype) -> np.ndarray:
-    """A cat state (list of tensors before sync, one tensor after) as a numpy array; empty when never updated."""
+    """A cat state (list of tensors before sync, one tensor after) as a numpy array; empty when never updated.
+
+    ``dtype`` np.float64 / np.int64 converts; None keeps the state's own dtype (bf16/fp16 become float32)."""
     if isinstance(state, list) and not state:
-        return np.zeros(0, dtype=dtype)
-    return dim_zero_cat(state).detach().to("cpu", torch.float64 if dtype == np.float64 else torch.int64).numpy()
+        return np.zeros(0, dtype=np.float64 if dtype is None else dtype)
+    tensor = dim_zero_cat(state).detach().to("cpu")
+    if dtype is None:
+        return (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
+    return tensor.to(torch.float64 if dtype == np.float64 else torch.int64).numpy()

@@ -205,3 +205,42 @@ def test_score_collector_rejects_mismatched_input():
         col.update({"b": torch.ones(2)}, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="3 values for 2 indices"):
         col.update({"a": torch.ones(3)}, torch.tensor([0, 1]))
+
+
+def test_score_collector_labels_and_extras_follow_deduplication():
+    # index 4 arrives twice (DDP padding) with the same label; the first occurrence is kept everywhere
+    col = ScoreCollector(["s"], with_labels=True, extra_names=["prediction"])
+    col.update({"s": torch.tensor([0.4, 0.1])}, torch.tensor([4, 1]), labels=torch.tensor([7, 3]),
+               extras={"prediction": torch.tensor([9, 3])})
+    col.update({"s": torch.tensor([0.2, 0.4])}, torch.tensor([2, 4]), labels=torch.tensor([-1, 7]),
+               extras={"prediction": torch.tensor([5, 9])})
+    out = col.compute()
+    np.testing.assert_array_equal(out["index"], [1, 2, 4])
+    np.testing.assert_array_equal(out["labels"], [3, -1, 7])
+    assert out["labels"].dtype == np.int64
+    np.testing.assert_array_equal(out["extras"]["prediction"], [3, 5, 9])
+    assert out["extras"]["prediction"].dtype == np.int64  # extras keep the dtype they were given in
+    np.testing.assert_allclose(out["scores"]["s"], [0.1, 0.2, 0.4], rtol=1e-6)
+
+
+def test_score_collector_missing_labels_become_minus_one_and_default_has_none():
+    col = ScoreCollector(["s"], with_labels=True)
+    col.update({"s": torch.ones(3)}, torch.tensor([2, 0, 1]))
+    assert col.compute()["labels"].tolist() == [-1, -1, -1]
+
+    plain = ScoreCollector(["s"])  # existing behaviour: no labels, no extras in the output
+    plain.update({"s": torch.ones(2)}, torch.tensor([0, 1]), labels=torch.tensor([5, 6]))
+    assert set(plain.compute()) == {"index", "scores", "n_skipped"}
+
+
+def test_score_collector_rejects_bad_labels_and_extras():
+    with pytest.raises(ValueError, match="distinct from score_names"):
+        ScoreCollector(["s"], extra_names=["s"])
+    col = ScoreCollector(["s"], with_labels=True, extra_names=["p"])
+    with pytest.raises(ValueError, match="expected extras"):
+        col.update({"s": torch.ones(2)}, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="3 labels for 2 indices"):
+        col.update({"s": torch.ones(2)}, torch.tensor([0, 1]), labels=torch.tensor([1, 2, 3]),
+                   extras={"p": torch.ones(2)})
+    with pytest.raises(ValueError, match="extra 'p' has 1 values for 2 indices"):
+        col.update({"s": torch.ones(2)}, torch.tensor([0, 1]), extras={"p": torch.ones(1)})

@@ -1,0 +1,122 @@
+"""W&B, offline: a tiny LFDN fit + test with a CSVLogger and an offline WandbLogger writes the offline run files with
+the training curves (loss, lr, EMA decay), the test metrics, the results table, score histograms, plots and an
+image grid; W&B failures and missing credentials never stop a run."""
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from ood_lightning import wandb_logging
+from ood_lightning.backbones import MultiLayerFeatures
+from ood_lightning.data import OODDataModule
+from ood_lightning.detectors.lfdn import LFDNDetector
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """Offline W&B confined to tmp_path: no network, nothing written to the home directory."""
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # restored after the test even though WandbLogger rewrites it
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+class ImageLoggingLFDN(LFDNDetector):
+    """Uses the OODDetector.log_images hook, as DiffGuard will for its input/synthesis pairs."""
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0:
+            self.log_images("test/images/features_as_pictures", batch["feature"][:4, :48].reshape(4, 3, 4, 4),
+                            caption="first ID batch")
+        return super().test_step(batch, batch_idx, dataloader_idx)
+
+
+def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
+    import wandb
+
+    tmp = wandb_env
+    torch.manual_seed(0)
+    model = ImageLoggingLFDN(backbone=MultiLayerFeatures(weights=None), hidden_dim=32, num_blocks=1,
+                             cache_dir=str(tmp / "cache"))
+    dm = OODDataModule(benchmark="digits", image_size=32, batch_size=16, train_subset=48, eval_subset=21)
+    csv_logger = CSVLogger(tmp / "runs")
+    wandb_logger = WandbLogger(save_dir=str(tmp), offline=True, project="ood_lightning")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=[csv_logger, wandb_logger], log_every_n_steps=1,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp))
+    try:
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm, verbose=False)
+    finally:
+        wandb.finish()
+
+    runs = sorted((tmp / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, sorted((tmp / "wandb").iterdir())
+    logs = list(runs[0].glob("run-*.wandb"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    data = logs[0].read_bytes()
+    for key in ("train/loss", "train/lr", "train/ema_decay",  # training curves reach W&B
+                "test/digits_5_9/mse/auroc", "test/digits_5_9/lr_mfsim/fpr95_openood",  # metrics via self.log
+                "test/results",  # the results table
+                "test/id/mse/histogram", "test/digits_5_9/mfsim/histogram",  # score histograms
+                "test/plots/roc_mse", "test/plots/hist_mse",  # the PNG plots
+                "test/images/features_as_pictures",  # the image-grid hook
+                "config_hash"):
+        assert key.encode() in data, key
+    media = [p.relative_to(runs[0]).as_posix() for p in runs[0].rglob("*") if p.is_file()]
+    assert any("media/table/test/results" in p for p in media), media
+    assert sum("media/images/test/plots" in p for p in media) == 12  # hist + roc for the 6 LFDN score types
+    assert any("media/images/test/images/features_as_pictures" in p for p in media), media
+
+    # the CSV logger came first: results, plots and metrics.csv share its version folder
+    run_dir = Path(csv_logger.log_dir)
+    assert (run_dir / "results.json").is_file() and (run_dir / "plots" / "roc_mse.png").is_file()
+    header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    for key in ("train/loss", "train/lr", "train/ema_decay"):
+        values = [r.split(",")[columns.index(key)] for r in rows]
+        assert any(v and math.isfinite(float(v)) for v in values), key
+
+
+def test_no_credentials_switch_to_offline(wandb_env, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    logger = WandbLogger(save_dir=str(wandb_env), project="p")
+    assert not wandb_logging.wandb_credentials_found()
+    with pytest.warns(UserWarning, match="logged offline"):
+        assert wandb_logging.wandb_offline_without_credentials([logger]) is True
+    assert os.environ["WANDB_MODE"] == "offline"
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key: leave the mode to W&B
+    assert wandb_logging.wandb_offline_without_credentials([logger]) is False
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.delenv("WANDB_API_KEY")
+    (wandb_env / "no_netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "y" * 40 + "\n")
+    os.chmod(wandb_env / "no_netrc", 0o600)
+    assert wandb_logging.wandb_credentials_found()
+    assert wandb_logging.wandb_offline_without_credentials([CSVLogger(wandb_env)]) is False  # no W&B logger: nothing
+
+
+def test_wandb_failures_become_warnings(wandb_env, monkeypatch):
+    logger = WandbLogger(save_dir=str(wandb_env), offline=True, project="p")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(logger, "log_table", unreachable)
+    monkeypatch.setattr(logger, "log_image", unreachable)
+    results = {"scores": {"s": {"o": {"auroc": 0.5, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 1.0,
+                                      "fpr95_openood": 1.0, "n_id": 1, "n_ood": 1, "n_skipped": 0}}}}
+    with pytest.warns(UserWarning, match="W&B results logging failed.*unreachable"):
+        wandb_logging.log_results_to_wandb([logger], results, {})
+    with pytest.warns(UserWarning, match="W&B image logging failed.*unreachable"):
+        wandb_logging.log_image_grid([logger], "k", torch.zeros(2, 3, 4, 4))
