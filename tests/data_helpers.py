@@ -1,5 +1,5 @@
 """Helpers for the data tests: tiny image files and trees written with PIL, and a seeded sample of the real images
-in ../shared/data extracted once per session (import the `real_data_root` fixture into a test module to use it)."""
+in ../shared/data (the `real_data_root` fixture in conftest.py extracts it once per session)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -75,15 +74,3 @@ def extract_sample(archive: Path, dest: Path, picks: list[tuple[str, int]], seed
         chosen.sort(key=lambda m: m.offset)
         tar.extractall(dest, members=chosen, filter="data")
     return [m.name for m in chosen]
-
-
-@pytest.fixture(scope="session")
-def real_data_root(shared_dir: Path, tmp_path_factory) -> Path:
-    """A `cifar10_jpeg` root holding a seeded sample of ../shared/data (a few hundred images, not 80,000)."""
-    data = shared_dir / "data"
-    root = tmp_path_factory.mktemp("real_data")
-    for archive, picks in REAL_SAMPLE.items():
-        if not (data / archive).is_file():
-            pytest.skip(f"{data / archive} not found: real-data tests need ../shared/data")
-        extract_sample(data / archive, root, picks)
-    return root

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import evaluate
-from data_helpers import make_class_tree, make_flat, real_data_root  # noqa: F401 (fixture)
+from data_helpers import make_class_tree, make_flat
 from ood_lightning.cli import make_cli
 from ood_lightning.data.datamodule import collate
 from ood_lightning.detectors.baselines import (
@@ -190,7 +190,7 @@ def test_shipped_config_builds(shared_dir, monkeypatch):
     assert cli.datamodule.hparams.benchmark == "cifar10_jpeg"
 
 
-def test_real_resnet20_separates_mnist_from_cifar10(real_data_root, shared_dir, tmp_path):  # noqa: F811
+def test_real_resnet20_separates_mnist_from_cifar10(real_data_root, shared_dir, tmp_path):
     """Real weights, real JPEGs (the seeded sample: 100 train, 200 test, 40 TIN, 40 MNIST): digits are far-OOD."""
     out = tmp_path / "results"
     evaluate.main([

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_helpers import CIFAR10_CLASSES, make_class_tree, make_flat, real_data_root, write_image  # noqa: F401
+from data_helpers import CIFAR10_CLASSES, make_class_tree, make_flat, write_image
 from ood_lightning.data import PRESETS, ImageFolderSource, build_benchmark, default_transform
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 from torchvision.models import resnet50
 from torchvision.transforms.functional import to_tensor
 
-from data_helpers import CIFAR10_CLASSES, real_data_root  # noqa: F401 (fixture)
+from data_helpers import CIFAR10_CLASSES
 from ood_lightning.classifiers import CLASSIFIERS, build_classifier
 
 REAL = [  # (name, file in ../shared/weights, feature dim)
@@ -17,7 +17,7 @@ REAL = [  # (name, file in ../shared/weights, feature dim)
 
 
 @pytest.fixture(scope="module")
-def cifar_test_images(real_data_root):  # noqa: F811
+def cifar_test_images(real_data_root):
     """50 real CIFAR-10 test JPEGs (of the seeded sample) with their labels, as [0, 1] tensors."""
     files = sorted((real_data_root / "cifar10" / "test").glob("*/*.jpg"))[::4][:50]
     images = torch.stack([to_tensor(Image.open(f).convert("RGB")) for f in files])
