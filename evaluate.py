@@ -1,4 +1,4 @@
-"""Score a trained (or zero-training) detector on a benchmark and write the results table.
+r"""Score a trained (or zero-training) detector on a benchmark and write the results table.
 
     python evaluate.py --config runs/digits_demo/lightning_logs/version_0/config.yaml \
         --ckpt_path runs/digits_demo/lightning_logs/version_0/checkpoints/last.ckpt

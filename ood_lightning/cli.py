@@ -1,13 +1,20 @@
 """The LightningCLI wiring shared by train.py and evaluate.py: YAML configs, typed --help, dotted overrides."""
 from __future__ import annotations
 
+import argparse
 from typing import Optional
+
+from jsonargparse import DefaultHelpFormatter
 
 from lightning.pytorch.cli import LightningCLI
 
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.base import OODDetector
 from ood_lightning.wandb_logging import wandb_offline_without_credentials
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the entry points' usage examples as written in --help."""
+
 
 TRAINER_DEFAULTS = {"default_root_dir": "runs", "log_every_n_steps": 10}
 
@@ -49,5 +56,5 @@ def make_cli(args: list[str] | None, description: str) -> OODCLI:
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": description},
+        parser_kwargs={"description": description, "formatter_class": _HelpFormatter},
     )
