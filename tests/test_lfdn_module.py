@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from data_helpers import make_class_tree, make_flat, write_corrupt_files
 
 import evaluate
 import train
@@ -145,3 +146,18 @@ def test_official_layout_export_round_trip(demo_run, tmp_path):
     for name in ours:
         for key in ours[name]:
             np.testing.assert_allclose(official[name][key], ours[name][key], rtol=1e-6, err_msg=f"{name}/{key}")
+
+
+def test_unreadable_images_are_counted_in_the_results(tmp_path):
+    id_train = make_class_tree(tmp_path / "train", per_class=4, size=(32, 32))
+    id_test = make_class_tree(tmp_path / "test", per_class=3, size=(32, 32))
+    ood = make_flat(tmp_path / "ood", n=5, size=(32, 32))
+    write_corrupt_files(ood)  # a truncated JPEG, a zero-byte file and a text file named .jpg
+    dm = OODDataModule("folders", image_size=32, batch_size=4, id_train=str(id_train), id_test=str(id_test),
+                       ood={"noise": str(ood)})
+    model = tiny_detector(tmp_path, results_dir=str(tmp_path / "results"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.test(model, datamodule=dm, verbose=False)
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["n_skipped"] == {"id": 0, "noise": 3}
+    assert results["scores"]["mse"]["noise"]["n_ood"] == 5

@@ -8,6 +8,7 @@ and a new file is computed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ from ood_lightning.backbones import MultiLayerFeatures
 from ood_lightning.report import atomic_write
 
 CACHE_VERSION = "1"
+log = logging.getLogger(__name__)
 
 
 class FeatureDataset(Dataset):
@@ -101,4 +103,7 @@ class FeatureCache:
             atomic_write(path, lambda f: torch.save(data, f))
         barrier()
         data = torch.load(path, map_location="cpu", weights_only=True)
+        if data["skipped"].numel() and not quiet:
+            log.warning("%s: %d unreadable image(s) skipped (dataset indices %s)", name, data["skipped"].numel(),
+                        data["skipped"][:20].tolist())
         return FeatureDataset(data["features"], data["index"], data["label"], data["skipped"], name)
