@@ -22,6 +22,8 @@ from timm.layers import Conv2dSame, get_same_padding
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ood_lightning.safe_load import load_checkpoint
+
 __all__ = [
     "MultiLayerFeatures",
     "StaticSameConv2d",
@@ -72,7 +74,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
         state = load_file(path, device="cpu")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)
     if isinstance(state, Mapping):
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
             if isinstance(state.get(key), Mapping):

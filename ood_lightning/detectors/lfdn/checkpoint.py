@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from ood_lightning.safe_load import load_checkpoint
 
 from .network import LFDN
 
@@ -156,18 +157,7 @@ def _torch_load(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"LFDN checkpoint not found: {path} (expected an official checkpoint-*.pth "
                                 "from xbyym/DLSR or one written by save_official_checkpoint)")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-                if "mmap" not in str(e):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), str(e))
-            raise ValueError(f"refusing to load {path}: it needs Python objects other than tensors, containers and "
-                             f"argparse.Namespace, so it is not a plain LFDN checkpoint ({detail})") from e
+    return load_checkpoint(path, allow=[argparse.Namespace])
 
 
 def load_official_checkpoint(path, *, ema: bool = True) -> tuple[LFDN, dict]:

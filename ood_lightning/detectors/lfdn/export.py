@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ood_lightning.detectors.lfdn.checkpoint import save_official_checkpoint
+from ood_lightning.safe_load import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
 def export(checkpoint: str, out_dir: str) -> list[str]:
     """The trained weights and EMA go to checkpoint-last; only the first epoch's EMA is kept, so checkpoint-0
     carries it as both its raw and EMA weights (the LR score reads only the EMA)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(checkpoint)
     state = ckpt["state_dict"]
     nets = {}
     for name in ("net", "ema", "ema_first"):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ood_lightning.backbones import MultiLayerFeatures
 from ood_lightning.report import atomic_write
+from ood_lightning.safe_load import load_checkpoint
 
 CACHE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class FeatureCache:
             data["seconds"] = time.perf_counter() - start
             atomic_write(path, lambda f: torch.save(data, f))
         barrier()
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_checkpoint(path)
         if data["skipped"].numel() and not quiet:
             log.warning("%s: %d unreadable image(s) skipped (dataset indices %s)", name, data["skipped"].numel(),
                         data["skipped"][:20].tolist())
