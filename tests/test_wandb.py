@@ -41,6 +41,23 @@ class ImageLoggingLFDN(LFDNDetector):
         return super().test_step(batch, batch_idx, dataloader_idx)
 
 
+def wandb_records(data: bytes, block: int = 32768, header: int = 7) -> bytes:
+    """The record bytes of a W&B run file without its log framing: the file is a LevelDB-style log of 32 KiB
+    blocks whose chunks carry a 7-byte header (crc, length, type), so a key that crosses a block boundary is
+    split in the raw bytes. The file itself starts with a 7-byte header (":W&B", magic, version)."""
+    out, pos = bytearray(), header
+    while pos + header <= len(data):
+        left = block - pos % block
+        if left < header:  # a block's tail too short for a chunk header is zero padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        assert data[pos + 6] in (1, 2, 3, 4), f"not a W&B log chunk at byte {pos}"  # full, first, middle, last
+        out += data[pos + header : pos + header + length]
+        pos += header + length
+    return bytes(out)
+
+
 def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     import wandb
 
@@ -63,7 +80,7 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     assert len(runs) == 1, sorted((tmp / "wandb").iterdir())
     logs = list(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
-    data = logs[0].read_bytes()
+    data = wandb_records(logs[0].read_bytes())
     for key in ("train/loss", "train/lr", "train/ema_decay",  # training curves reach W&B
                 "test/digits_5_9/mse/auroc", "test/digits_5_9/lr_mfsim/fpr95_openood",  # metrics via self.log
                 "test/results",  # the results table
