@@ -1,0 +1,136 @@
+"""DiffGuardGDM end to end through the evaluator, on a tiny random diffusers UNet and a random CIFAR ResNet-20 at
+16 px (sklearn digits, 0-4 in distribution, 5-9 OOD): batch-size independence, per-sample cost accounting, oracle
+labels, image grids and the start-up errors. The scores are meaningless; their determinism is what is checked."""
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from ood_lightning.cli import make_cli
+from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+from ood_lightning.noise import sample_seed
+
+N = 6  # images per test set
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+    path = tmp_path_factory.mktemp("tiny_unet")
+    unet.save_pretrained(path)
+    return path
+
+
+def _args(unet_dir, out, batch_size, **model):
+    init = {"diffusion_model": str(unet_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
+            "num_classes": 10, "num_steps": 10, "max_inversion_steps": 8, "stop_psnr": 14.0,
+            "stop_dists_similarity": None, "cutouts": 2, "cutout_size": 12,
+            "similarities": ["l2", "psnr", "logits_l1"], "grid_images": 4, "results_dir": str(out), **model}
+    args = ["--seed_everything", "0", "--trainer.accelerator", "cpu", "--trainer.inference_mode", "false",
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "false", "--model", "ood_lightning.detectors.diffguard.gdm.DiffGuardGDM",
+            "--data.benchmark", "digits", "--data.image_size", "16", "--data.eval_subset", str(N),
+            "--data.batch_size", str(batch_size), "--plots", "false"]
+    for key, value in init.items():
+        args += [f"--model.init_args.{key}", "null" if value is None else str(value)]
+    return args
+
+
+def _evaluate(args) -> None:
+    from evaluate import main
+
+    main(args)
+
+
+def _scores(out, name):
+    with np.load(out / "scores" / f"{name}.npz") as f:
+        return {key: f[key] for key in f.files}
+
+
+@pytest.fixture(scope="module")
+def runs(unet_dir, tmp_path_factory):
+    out = {}
+    for batch_size in (1, 4):
+        folder = tmp_path_factory.mktemp(f"gdm_b{batch_size}")
+        _evaluate(_args(unet_dir, folder, batch_size))
+        out[batch_size] = folder
+    return out
+
+
+def test_scores_do_not_depend_on_batch_size(runs):
+    for name in ("id", "digits_5_9"):
+        one, four = _scores(runs[1], name), _scores(runs[4], name)
+        assert len(one["index"]) == N
+        for key in ("l2", "psnr", "logits_l1"):
+            np.testing.assert_allclose(one[f"score_{key}"], four[f"score_{key}"], rtol=1e-4, atol=1e-5, err_msg=key)
+        for key in ("extra_prediction", "extra_stop_index", "extra_unet_evals"):
+            np.testing.assert_array_equal(one[key], four[key])
+        assert np.isfinite(one["score_l2"]).all() and (one["score_l2"] > 0).all()
+
+
+def test_stop_indices_vary_per_sample_and_plain_mode_guides_toward_the_prediction(runs):
+    scores = [_scores(runs[4], name) for name in ("id", "digits_5_9")]
+    stops = np.concatenate([r["extra_stop_index"] for r in scores])
+    assert stops.min() >= 0 and stops.max() <= 7 and len(set(stops.tolist())) > 1
+    for r in scores:
+        np.testing.assert_array_equal(r["extra_target"], r["extra_prediction"])
+
+
+def _scores_of(unet_dir, tmp_path, **model):
+    _evaluate(_args(unet_dir, tmp_path, 4, **model))
+    return {name: _scores(tmp_path, name) for name in ("id", "digits_5_9")}
+
+
+def test_unet_and_classifier_evaluations_match_the_reported_counts(unet_dir, tmp_path):
+    """Count the UNet's and the classifier's image passes with hooks and compare with the per-sample accounting."""
+    cli = make_cli(_args(unet_dir, tmp_path, 3) + ["--model.init_args.similarities", "[l2]"], description="t")
+    model = cli.model
+    counted = {"unet": 0, "classifier": 0}
+    model.unet.register_forward_hook(lambda m, inp, out: counted.__setitem__("unet", counted["unet"] + len(inp[0])))
+    model.classifier.register_forward_hook(
+        lambda m, inp, out: counted.__setitem__("classifier", counted["classifier"] + len(inp[0])))
+    cli.trainer.test(model, datamodule=cli.datamodule, verbose=False)
+    reported = [_scores(tmp_path, name) for name in ("id", "digits_5_9")]
+    assert counted["unet"] == sum(int(r["extra_unet_evals"].sum()) for r in reported)
+    assert counted["classifier"] == sum(int(r["extra_classifier_evals"].sum()) for r in reported)
+    stop = reported[0]["extra_stop_index"]
+    steps = np.minimum(stop + 2, 9) + 1  # start at stop + 2 (capped at the last index), down to index 0
+    np.testing.assert_array_equal(reported[0]["extra_unet_evals"], stop + 1 + 2 * steps)  # inversion + twin pair
+    assert (tmp_path / "grids" / "id.png").is_file() and (tmp_path / "grids" / "digits_5_9.png").is_file()
+
+
+def test_reference_input_skips_the_twin(unet_dir, tmp_path):
+    scores = _scores_of(unet_dir, tmp_path, reference="input")["id"]
+    steps = np.minimum(scores["extra_stop_index"] + 2, 9) + 1
+    np.testing.assert_array_equal(scores["extra_unet_evals"], scores["extra_stop_index"] + 1 + steps)
+
+
+def test_oracle_guides_id_to_the_true_label_and_ood_to_a_seeded_random_label(unet_dir, tmp_path):
+    scores = _scores_of(unet_dir, tmp_path, oracle=True, seed=3)
+    np.testing.assert_array_equal(scores["id"]["extra_target"], scores["id"]["label"])
+    ood = scores["digits_5_9"]
+    seeds = [sample_seed(3, "digits_5_9/oracle", i) for i in ood["index"].tolist()]
+    expected = [int(torch.randint(10, (), generator=torch.Generator().manual_seed(s))) for s in seeds]
+    np.testing.assert_array_equal(ood["extra_target"], expected)
+
+
+def test_inference_mode_is_refused_with_the_fix(unet_dir, tmp_path):
+    args = _args(unet_dir, tmp_path, 4)
+    args[args.index("--trainer.inference_mode") + 1] = "true"
+    with pytest.raises(RuntimeError, match="inference_mode: false"):
+        _evaluate(args)
+
+
+def test_missing_diffusion_model_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere/256x256_diffusion_uncond.pt"):
+        DiffGuardGDM(diffusion_model=str(tmp_path / "nowhere/256x256_diffusion_uncond.pt"),
+                     classifier="cifar_resnet20", classifier_weights=None, num_classes=10, stop_dists_similarity=None)
+
+
+def test_dists_stop_rule_without_weights_fails_before_work(unet_dir):
+    with pytest.raises((FileNotFoundError, ValueError), match="vgg16"):
+        DiffGuardGDM(diffusion_model=str(unet_dir), classifier="cifar_resnet20", classifier_weights=None,
+                     num_classes=10, similarities=["l2"])
