@@ -8,7 +8,9 @@ from diffusers import UNet2DModel
 
 from ood_lightning.cli import make_cli
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+from ood_lightning.detectors.diffguard.similarity import dists_similarity_unclamped
 from ood_lightning.noise import sample_seed
+from piq_weights import write_piq_weight_files
 
 N = 6  # images per test set
 
@@ -102,8 +104,10 @@ def test_unet_and_classifier_evaluations_match_the_reported_counts(unet_dir, tmp
     assert (tmp_path / "grids" / "id.png").is_file() and (tmp_path / "grids" / "digits_5_9.png").is_file()
 
 
-def test_reference_input_skips_the_twin(unet_dir, tmp_path):
-    scores = _scores_of(unet_dir, tmp_path, reference="input")["id"]
+def test_reference_input_skips_the_twin_and_bf16_runs(unet_dir, tmp_path):
+    _evaluate(_args(unet_dir, tmp_path, 4, reference="input") + ["--trainer.precision", "bf16-mixed"])
+    scores = _scores(tmp_path, "id")
+    assert np.isfinite(scores["score_l2"]).all()
     steps = np.minimum(scores["extra_stop_index"] + 2, 9) + 1
     np.testing.assert_array_equal(scores["extra_unet_evals"], scores["extra_stop_index"] + 1 + steps)
 
@@ -134,3 +138,24 @@ def test_dists_stop_rule_without_weights_fails_before_work(unet_dir):
     with pytest.raises((FileNotFoundError, ValueError), match="vgg16"):
         DiffGuardGDM(diffusion_model=str(unet_dir), classifier="cifar_resnet20", classifier_weights=None,
                      num_classes=10, similarities=["l2"])
+
+
+def test_early_stop_rule_is_psnr_or_dists(unet_dir, tmp_path):
+    """A latent close in PSNR but far in DISTS stops only when the DISTS rule is on; one far in PSNR always stops."""
+    weights = write_piq_weight_files(tmp_path)
+    common = {"diffusion_model": str(unet_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
+              "num_classes": 10, "similarities": ["l2"], "stop_psnr": 20.0, **weights}
+    both = DiffGuardGDM(stop_dists_similarity=0.5, **common)
+    psnr_only = DiffGuardGDM(stop_dists_similarity=None, **common)
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    near = image + 0.05 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # PSNR ~ 32 dB
+    far = torch.zeros_like(image)
+    rows = torch.arange(2)
+    with torch.no_grad():
+        similarity = dists_similarity_unclamped(both.stop_dists, near, image)
+        both.hparams.stop_dists_similarity = float(1 + similarity.max()) / 2  # between `near` and identical images
+        assert both.should_stop(image, image, rows).tolist() == [False, False]
+        assert psnr_only.should_stop(near, image, rows).tolist() == [False, False]
+        assert both.should_stop(near, image, rows).tolist() == [True, True]
+        assert psnr_only.should_stop(far, image, rows).tolist() == [True, True]
+        assert both.stop_dists is not None and psnr_only.stop_dists is None

@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 import torch
 import torchvision
+from piq_weights import write_piq_weight_files
 from torch import Tensor, nn
 
 from ood_lightning.classifiers import Classifier
@@ -25,8 +26,6 @@ from ood_lightning.detectors.diffguard.similarity import (
 )
 
 SIZE = 32
-LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-DISTS_CHANNELS = 3 + sum(LPIPS_CHANNELS)  # the input itself is DISTS's first "layer"
 
 
 def _no_network(*args: object, **kwargs: object) -> None:
@@ -58,19 +57,7 @@ class _TinyNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, str]:
-    """Weight files in the published layouts, with random values; VGG16 in the legacy format of the real file."""
-    root = tmp_path_factory.mktemp("weights")
-    gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16().features
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, root / "vgg16-397923af.pth",
-               _use_new_zipfile_serialization=False)
-    alpha, beta = torch.rand(2, 1, DISTS_CHANNELS, 1, 1, generator=gen)
-    total = alpha.sum() + beta.sum()  # DISTS's weights sum to 1, so identical images score 0
-    torch.save({"alpha": alpha / total, "beta": beta / total}, root / "dists_weights.pt")
-    torch.save([torch.rand(1, c, 1, 1, generator=gen) for c in LPIPS_CHANNELS], root / "lpips_weights.pt")
-    return {"vgg16_weights": str(root / "vgg16-397923af.pth"), "dists_weights": str(root / "dists_weights.pt"),
-            "lpips_weights": str(root / "lpips_weights.pt")}
+    return write_piq_weight_files(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
