@@ -6,7 +6,7 @@ from typing import Optional
 
 from jsonargparse import DefaultHelpFormatter
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.base import OODDetector
@@ -17,6 +17,19 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 
 
 TRAINER_DEFAULTS = {"default_root_dir": "runs", "log_every_n_steps": 10}
+
+
+class _ConfiguredModelInstantiator(_InstantiatorFn):
+    """LightningCLI hands the model section of the config to every module of the model type it builds, nested ones
+    included, as their hyperparameters: a CascadeFusion's baseline and refiner would save the fusion's config and
+    miss their own. Only the configured class gets it here; nested detectors save their own init args."""
+
+    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
+        self.cli._dump_config()
+        configured = self.cli.config_dump.get(self.key, {}).get("class_path")
+        if configured and configured != f"{class_type.__module__}.{class_type.__qualname__}":
+            return class_type(*args, **kwargs)
+        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
 
 
 class OODCLI(LightningCLI):
@@ -37,6 +50,11 @@ class OODCLI(LightningCLI):
         )
         parser.add_argument("--plots", type=bool, default=True,
                             help="write score histograms and ROC curves (plots/*.png) beside the results")
+
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()
+        self.parser.add_instantiator(_ConfiguredModelInstantiator(cli=self, key="model"),
+                                     _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -1,0 +1,250 @@
+"""DiffGuard combined with a classifier baseline, as a cascade: the baseline decides where it is confident, the
+expensive refiner (DiffGuard) decides the hard cases in between.
+
+The paper gives the rule only in words ("the combined method only trusts samples with high detection confidence by
+the baselines, while resorting to DiffGuard for hard cases", Tables 1-2's "+MLS", "+KNN", "+ViM" rows) and the
+released code has no fusion (../shared/specs/diffguard-reference.md section 5). Confidence is measured against the
+in-distribution *validation* distribution of the baseline score alone, so the rule never sees a test set:
+
+    tier 0  b <= low   confidently ID,   ordered by b
+    tier 1  between    the hard cases,    ordered by the refiner score d
+    tier 2  b >= high  confidently OOD,  ordered by b
+
+with low / high the q_low / q_high quantiles of b on ID validation images. The fused score is lexicographic in
+(tier, value), stored as the float64 `tier + squash(value)`; a confident baseline decision is never changed by d.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ood_lightning.detectors.base import OODDetector
+from ood_lightning.report import atomic_write_text
+
+__all__ = ["CascadeFusion", "cascade", "squash", "tiers"]
+
+VALIDATION = "id_validation"  # the dataset name the baseline sees while its thresholds are calibrated
+TIER_NAMES = ("id_confident", "band", "ood_confident")
+
+
+def tiers(baseline: Tensor, low: float, high: float) -> Tensor:
+    """int64 tier per sample: 0 where b <= low, 2 where b >= high, 1 in between.
+
+    A NaN b is no confident decision (tier 1, the refiner decides); when low == high, b == low is tier 0.
+    Compared in float64, so a stored float64 copy of b and the thresholds give the same tiers.
+    """
+    b = baseline.double()
+    return torch.where(b <= low, 0, torch.where(b >= high, 2, 1))
+
+
+def squash(z: Tensor) -> Tensor:
+    """1/2 + arctan(asinh z) / pi: strictly increasing from the real line onto (0, 1), in float64.
+
+    asinh grows like log|z|, so the tail approaches 0 and 1 like 1 / log|z| instead of arctan's 1 / |z| or a
+    logistic's exp(-|z|): relative differences of about 1e-12 stay distinct at |z| = 1e6 and any two distinct
+    float32 values stay distinct up to float32's largest (a logistic saturates to 1.0 near z = 37, arctan
+    alone loses float32 neighbours above about 1e8). Near 0 it is about 1/2 + z / pi.
+    """
+    return 0.5 + torch.atan(torch.asinh(z.double())) / math.pi
+
+
+def cascade(baseline: Tensor, refiner: Tensor, low: float, high: float) -> Tensor:
+    """The fused OOD score (float64, higher = OOD) of baseline scores b and refiner scores d (both higher = OOD).
+
+    `tier + squash(value)` with the tiers of `tiers`: in the confident tiers the value is b standardised by the
+    band, (b - (low + high) / 2) / ((high - low) / 2) (which centres b where squash resolves best; the statistics
+    are the thresholds, so come from ID validation only), in the band it is d as it is. Hence every tier-0
+    sample ranks below every band sample, which ranks below every tier-2 sample; inside a tier the order is b's
+    (confident tiers, whatever d is) or d's (band). Infinite values keep their place; NaN d in the band gives NaN.
+    """
+    b, d = baseline.double(), refiner.double()
+    tier = tiers(b, low, high)
+    half_width = (high - low) / 2 if high > low else 1.0
+    value = torch.where(tier == 1, d, (b - (low + high) / 2) / half_width)
+    return tier.double() + squash(value)
+
+
+class CascadeFusion(OODDetector):
+    """A baseline detector and a refiner detector fused by `cascade`, as one detector.
+
+    Scores: the baseline's `baseline_score`, the refiner's `refiner_score` and the fused `<refiner_score>+
+    <baseline_score>` (e.g. mls, logits_l1, logits_l1+mls), so the table shows the fusion beside its parts.
+    Extras per sample: `tier` (0 confident ID, 1 band, 2 confident OOD), the baseline's extras, and the refiner's
+    (prefixed `refiner_` where a name clashes with the baseline's, e.g. refiner_prediction).
+
+    At `setup("test")` a seeded sample of `validation_size` images of the datamodule's ID train split serves as ID
+    validation set (the ID test set is never used): only the baseline scores it, and low / high are the
+    `quantiles` of its score there. A baseline that needs fitting (ClassifierBaselines with knn / vim) is fitted on
+    the rest of the train split, so the validation images are not its own neighbours; other children get their
+    `setup` as usual. Every process computes the thresholds; rank 0's are broadcast, so they agree exactly.
+    The thresholds are printed, kept as `low` / `high`, logged as fusion/low and fusion/high, and stored under
+    "fusion" in results.json with the tier counts per test set.
+
+    The children are nested LightningModules: Lightning attaches the trainer to them and moves them with this
+    module; `setup` and `on_test_start` are forwarded (DiffGuard's inference-mode check and grid folder), their own
+    score collectors are dropped (scores are collected once, here) and they write into this detector's folder.
+
+    Args:
+        baseline: The detector trusted where it is confident, e.g. ClassifierBaselines.
+        refiner: The detector that decides the hard cases, e.g. DiffGuardGDM.
+        baseline_score: The baseline's score to use, one of its score_names (e.g. mls).
+        refiner_score: The refiner's score to use, one of its score_names (e.g. logits_l1).
+        quantiles: (q_low, q_high), 0 < q_low < q_high < 1: b at or below the q_low ID validation quantile is
+            confidently ID, at or above q_high confidently OOD.
+        validation_size: ID validation images drawn from the ID train split (all of it when smaller).
+        seed: Seed of that draw.
+        results_dir: Where results files go (the children's too); default: the trainer's log directory.
+    """
+
+    def __init__(
+        self,
+        baseline: OODDetector,
+        refiner: OODDetector,
+        baseline_score: str,
+        refiner_score: str,
+        quantiles: tuple[float, float] = (0.05, 0.95),
+        validation_size: int = 1000,
+        seed: int = 0,
+        results_dir: str | None = None,
+    ):
+        super().__init__(results_dir=results_dir)
+        self.save_hyperparameters(ignore=["baseline", "refiner"])
+        for role, child, name in (("baseline", baseline, baseline_score), ("refiner", refiner, refiner_score)):
+            if name not in child.score_names:
+                raise ValueError(f"{role}_score {name!r} is not a score of the {role} {type(child).__name__}, "
+                                 f"whose scores are {list(child.score_names)}")
+            if child.results_dir is not None:
+                raise ValueError(f"the {role}'s results_dir is unused inside CascadeFusion (its files go to the "
+                                 "fusion's folder): set CascadeFusion's results_dir instead")
+        if baseline is refiner:
+            raise ValueError("baseline and refiner must be two detectors; for two scores of one, build it twice")
+        if baseline_score == refiner_score:
+            raise ValueError(f"baseline_score and refiner_score are both {baseline_score!r}: the results table "
+                             "could not tell them apart")
+        if len(quantiles) != 2 or not 0 < quantiles[0] < quantiles[1] < 1:
+            raise ValueError(f"quantiles must be (q_low, q_high) with 0 < q_low < q_high < 1, got {list(quantiles)}")
+        if validation_size < 1:
+            raise ValueError(f"validation_size must be at least 1, got {validation_size}")
+        self.baseline, self.refiner = baseline, refiner
+        self.fused_name = f"{refiner_score}+{baseline_score}"
+        self.score_names = (baseline_score, refiner_score, self.fused_name)
+        self._refiner_extras = {name: f"refiner_{name}" if name in baseline.extra_names else name
+                                for name in refiner.extra_names}
+        self.extra_names = ("tier", *baseline.extra_names, *self._refiner_extras.values())
+        names = [*self.score_names, *self.extra_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"score and extra names of the fusion clash: {names}")
+        self.low: float | None = None
+        self.high: float | None = None
+        self.validation_count = 0  # ID validation scores behind the thresholds
+
+    # -- thresholds from ID validation images ------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "test":
+            return
+        dm = self.trainer.datamodule
+        if dm.train_set is None:
+            raise RuntimeError(f"CascadeFusion draws its ID validation images from the ID train split, but "
+                               f"benchmark {dm.benchmark_name!r} has none here (data.train false, or folders "
+                               "without id_train)")
+        validation, rest = _split(len(dm.train_set), self.hparams.validation_size, self.hparams.seed)
+        device, progress = self.trainer.strategy.root_device, self.trainer.is_global_zero
+        if getattr(self.baseline, "needs_fit", False):
+            if not rest:
+                raise ValueError(f"validation_size {self.hparams.validation_size} takes all {len(dm.train_set)} "
+                                 "train images: none are left to fit the baseline on; lower it")
+            self.baseline.fit(Subset(dm.train_set, rest), dm.loader, device, progress=progress)
+        self.baseline.setup(stage)
+        self.refiner.setup(stage)
+        with self.trainer.precision_plugin.test_step_context():
+            self.calibrate(Subset(dm.train_set, validation), dm.loader, device)
+        self.low, self.high = self.trainer.strategy.broadcast((self.low, self.high), src=0)
+        if progress:
+            q_low, q_high = self.hparams.quantiles
+            print(f"CascadeFusion: {self.hparams.baseline_score} thresholds from {self.validation_count} ID "
+                  f"validation images (seeded sample of the ID train split): low {self.low:.6g} (q {q_low}), "
+                  f"high {self.high:.6g} (q {q_high})")
+
+    @torch.no_grad()
+    def calibrate(self, validation_set: Dataset, make_loader: Callable[[Dataset], DataLoader],
+                  device: torch.device | str = "cpu") -> tuple[float, float]:
+        """Set `low` / `high` to the quantiles of the baseline score on in-distribution `validation_set` (the
+        refiner is not run). Non-finite scores are left out of the quantiles."""
+        modes = {module: module.training for module in self.baseline.modules()}
+        self.baseline.to(device).eval()
+        values = []
+        for batch in make_loader(validation_set):
+            if batch["index"].numel():
+                out = self.baseline.score(move_data_to_device(batch, device), VALIDATION)
+                values.append(out[self.hparams.baseline_score].detach().double().cpu())
+        for module, mode in modes.items():
+            module.training = mode
+        b = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+        b = b[b.isfinite()]
+        if not b.numel():
+            raise RuntimeError(f"no finite {self.hparams.baseline_score} score on the {len(validation_set)} ID "
+                               "validation images: cannot set the cascade's thresholds")
+        self.low, self.high = torch.quantile(b, torch.tensor(self.hparams.quantiles, dtype=torch.float64)).tolist()
+        self.validation_count = int(b.numel())
+        if self.low == self.high:
+            warnings.warn(f"CascadeFusion: low == high == {self.low}: the band is empty, the refiner decides "
+                          "nothing (ties in the ID validation scores)", stacklevel=2)
+        return self.low, self.high
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        out = str(self.output_dir())
+        for child in (self.baseline, self.refiner):
+            child.results_dir = out
+            child.on_test_start()
+            child.collectors = torch.nn.ModuleDict()
+        super().on_test_start()
+
+    def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
+        if self.low is None or self.high is None:
+            raise RuntimeError("the cascade's thresholds are not set: run through Trainer.test (setup calibrates "
+                               "them) or call calibrate()")
+        hp = self.hparams
+        base = self.baseline.score(batch, dataset)
+        refined = self.refiner.score(batch, dataset)
+        b, d = base[hp.baseline_score], refined[hp.refiner_score]
+        return {
+            hp.baseline_score: b,
+            hp.refiner_score: d,
+            self.fused_name: cascade(b, d, self.low, self.high),
+            "tier": tiers(b, self.low, self.high),
+            **{name: base[name] for name in self.baseline.extra_names},
+            **{new: refined[old] for old, new in self._refiner_extras.items()},
+        }
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        counts = {}
+        for name, collector in self.collectors.items():
+            tier = torch.as_tensor(collector.compute()["extras"]["tier"]).long()
+            counts[name] = dict(zip(TIER_NAMES, torch.bincount(tier, minlength=3).tolist()))
+        hp = self.hparams
+        self.results["fusion"] = {
+            "baseline_score": hp.baseline_score, "refiner_score": hp.refiner_score, "fused_score": self.fused_name,
+            "quantiles": list(hp.quantiles), "low": self.low, "high": self.high,
+            "validation_images": self.validation_count, "tiers": counts,
+        }
+        for key in ("low", "high"):
+            self.log(f"fusion/{key}", float(getattr(self, key)), sync_dist=True, reduce_fx="max")
+        out = self.output_dir()
+        if self.trainer.is_global_zero:
+            atomic_write_text(out / "results.json", json.dumps(self.results, indent=2) + "\n")
+            print(f"CascadeFusion tiers (confident ID / band / confident OOD) per test set: {counts}")
+
+
+def _split(n: int, size: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded sample of min(size, n) of range(n) and the rest, both sorted (the same on every process)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:size].sort().values.tolist(), order[size:].sort().values.tolist()

@@ -1,0 +1,270 @@
+"""CascadeFusion: the cascade's tier and order properties, the squash's resolution, thresholds from ID validation
+only, and end-to-end runs through the evaluator on sklearn digits (random CIFAR ResNet-20 for MLS; as refiner a
+stub scoring image brightness, and DiffGuardGDM on a tiny random UNet). The scores are meaningless; the
+ordering rules, the wiring and the errors are what is checked."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import UNet2DModel
+
+from ood_lightning.cli import make_cli
+from ood_lightning.data.datamodule import collate
+from ood_lightning.detectors.base import OODDetector
+from ood_lightning.detectors.baselines import ClassifierBaselines
+from ood_lightning.detectors.fusion import CascadeFusion, _split, cascade, squash, tiers
+
+N = 8  # images per test set
+
+
+class Brightness(OODDetector):
+    """A refiner without diffusion: brighter images score higher. Reports a `prediction` (clashes with the
+    baseline's) and records what it saw of the trainer at test start."""
+
+    score_names = ("brightness",)
+    extra_names = ("prediction",)
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self.started_in = self.output_dir()
+
+    def score(self, batch: dict, dataset: str) -> dict:
+        x = batch["image"].float()
+        return {"brightness": x.mean((1, 2, 3)), "prediction": torch.full((len(x),), 7, dtype=torch.int64)}
+
+
+def _baseline(scores=("mls",)) -> ClassifierBaselines:
+    return ClassifierBaselines("cifar_resnet20", None, scores=list(scores), num_classes=10)
+
+
+# -------------------------------------------------------------------------------------------- the cascade
+def _lexicographic_ok(b, d, fused, low, high):
+    """fused sorts samples by (tier, b in tiers 0/2, d in tier 1)."""
+    tier = tiers(b, low, high)
+    key = torch.where(tier == 1, d.double(), b.double())
+    order = torch.argsort(fused)
+    t, k = tier[order], key[order]
+    return bool((t.diff() >= 0).all() and ((t.diff() > 0) | (k.diff() >= 0)).all())
+
+
+def test_tiers_are_ranked_and_ordered_by_the_right_score():
+    g = torch.Generator().manual_seed(0)
+    validation = torch.randn(500, generator=g, dtype=torch.float64)
+    low, high = torch.quantile(validation, torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+    b, d = torch.randn(300, generator=g) * 2, torch.randn(300, generator=g) * 50
+    fused = cascade(b, d, low, high)
+    assert fused.dtype == torch.float64
+    tier = tiers(b, low, high)
+    assert set(tier.tolist()) == {0, 1, 2}
+    assert fused[tier == 0].max() < fused[tier == 1].min() and fused[tier == 1].max() < fused[tier == 2].min()
+    assert _lexicographic_ok(b, d, fused, low, high)
+    for t, key in ((0, b), (1, d), (2, b)):  # within a tier, the fused order is exactly that score's order
+        sel = tier == t
+        assert torch.equal(torch.argsort(fused[sel]), torch.argsort(key[sel].double()))
+
+
+def test_confident_decisions_ignore_the_refiner_and_the_band_ignores_the_baseline():
+    g = torch.Generator().manual_seed(1)
+    b, d = torch.randn(200, generator=g), torch.randn(200, generator=g)
+    low, high = -1.0, 1.0
+    tier = tiers(b, low, high)
+    fused = cascade(b, d, low, high)
+    other = cascade(b, -1e9 * torch.randn(200, generator=g), low, high)  # any other refiner scores
+    torch.testing.assert_close(fused[tier != 1], other[tier != 1], rtol=0, atol=0)
+    assert ((other[tier == 1] > 1) & (other[tier == 1] < 2)).all()
+    shuffled = b.clone()
+    shuffled[tier == 1] = torch.empty(int((tier == 1).sum())).uniform_(-0.99, 0.99, generator=g)
+    torch.testing.assert_close(fused, cascade(shuffled, d, low, high), rtol=0, atol=0)
+
+
+def test_boundaries_nan_and_infinities():
+    b = torch.tensor([-1.0, 1.0, float("nan"), float("-inf"), float("inf"), 0.0, 0.0])
+    d = torch.tensor([5.0, -5.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")])
+    assert tiers(b, -1.0, 1.0).tolist() == [0, 2, 1, 0, 2, 1, 1]  # b == low / high is confident; NaN b is not
+    fused = cascade(b, d, -1.0, 1.0)
+    assert fused[3] < fused[0] < fused[6] < fused[2] < fused[5] < fused[1] < fused[4]
+    assert tiers(torch.tensor([0.5]), 0.5, 0.5).tolist() == [0]  # an empty band: b == low == high is ID
+
+
+def test_squash_keeps_large_magnitudes_distinct():
+    g = torch.Generator().manual_seed(2)
+    for scale in (1.0, 1e6, 1e12):
+        z = (torch.randn(10_000, generator=g, dtype=torch.float64) * scale).sort().values
+        assert (squash(z).diff() > 0).all(), scale
+        assert (squash(z) > 0).all() and (squash(z) < 1).all()
+    near = torch.tensor([1e6, 1e6 + 1e-3, 1e6 + 2e-3], dtype=torch.float64)  # relative steps of 1e-9
+    assert (cascade(near, torch.zeros(3), -1.0, 1.0).diff() > 0).all()
+    big = torch.tensor([1e30, 3e38], dtype=torch.float32)  # float32 neighbours at huge magnitudes
+    z = torch.stack([big, torch.nextafter(big, torch.tensor(float("inf")))], 1).reshape(-1)
+    assert (squash(z).diff() > 0).all()
+
+
+class _InMemory(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": 0, "index": i}
+
+
+def test_thresholds_come_from_validation_scores_only():
+    fusion = CascadeFusion(_baseline(), Brightness(), "mls", "brightness", quantiles=(0.1, 0.9))
+    g = torch.Generator().manual_seed(3)
+    validation = _InMemory(torch.rand(30, 3, 8, 8, generator=g))
+    loader = lambda ds: torch.utils.data.DataLoader(ds, batch_size=7, collate_fn=collate)  # noqa: E731
+    low, high = fusion.calibrate(validation, loader)
+    expected = fusion.baseline.score({"image": validation.images}, "v")["mls"].double()
+    np.testing.assert_allclose([low, high], torch.quantile(expected, torch.tensor([0.1, 0.9], dtype=torch.float64)),
+                               rtol=1e-6)
+    for scale in (1.0, 1e3):  # scoring any test batch leaves the thresholds alone
+        out = fusion.score({"image": scale * torch.rand(5, 3, 8, 8, generator=g)}, "ood")
+        assert (fusion.low, fusion.high) == (low, high)
+        assert set(out) == {"mls", "brightness", "brightness+mls", "tier", "prediction", "refiner_prediction"}
+
+
+# --------------------------------------------------------------------------------------- the evaluator
+def _config(tmp_path, refiner, refiner_score, trainer=(), **fusion):
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+                    "logger": False, **dict(trainer)},
+        "model": {"class_path": "ood_lightning.detectors.fusion.CascadeFusion", "init_args": {
+            "baseline": {"class_path": "ood_lightning.detectors.baselines.ClassifierBaselines",
+                         "init_args": {"classifier": "cifar_resnet20", "classifier_weights": None,
+                                       "num_classes": 10, "scores": ["mls"]}},
+            "refiner": refiner, "baseline_score": "mls", "refiner_score": refiner_score,
+            "quantiles": [0.2, 0.8], "validation_size": 20, "results_dir": str(tmp_path), **fusion}},
+        "data": {"benchmark": "digits", "image_size": 16, "eval_subset": N, "train_subset": 40, "batch_size": 4},
+        "plots": False,
+    }
+    path = tmp_path / "config.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return ["--config", str(path)]
+
+
+def _run(args):
+    cli = make_cli(args, description="test")
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    return cli
+
+
+def _scores(out, name):
+    with np.load(out / "scores" / f"{name}.npz") as f:
+        return {key: f[key] for key in f.files}
+
+
+def _check_fused_files(out, refiner_score, baseline="mls"):
+    results = json.loads((out / "results.json").read_text())
+    fused_name = f"{refiner_score}+{baseline}"
+    assert set(results["scores"]) == {baseline, refiner_score, fused_name}
+    info = results["fusion"]
+    assert info["fused_score"] == fused_name and info["quantiles"] == [0.2, 0.8] and info["low"] <= info["high"]
+    for name in ("id", "digits_5_9"):
+        s = _scores(out, name)
+        assert len(s["index"]) == N
+        b, d, fused = (torch.from_numpy(s[f"score_{k}"]) for k in (baseline, refiner_score, fused_name))
+        tier = tiers(b, info["low"], info["high"])
+        np.testing.assert_array_equal(s["extra_tier"], tier.numpy())
+        assert dict(zip(("id_confident", "band", "ood_confident"), np.bincount(tier, minlength=3).tolist())) == \
+            info["tiers"][name]
+        assert _lexicographic_ok(b, d, fused, info["low"], info["high"])
+    return results
+
+
+def test_fusion_through_the_evaluator(tmp_path):
+    cli = _run(_config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness"))
+    model, dm = cli.model, cli.datamodule
+    _check_fused_files(tmp_path, "brightness")
+    s = _scores(tmp_path, "id")
+    assert (s["extra_refiner_prediction"] == 7).all() and "extra_prediction" in s
+    assert model.refiner.started_in == tmp_path and len(model.refiner.collectors) == 0  # hook forwarded, no collector
+    # The thresholds are the quantiles of the baseline on the seeded train sample, whatever the test sets hold.
+    validation, _ = _split(len(dm.train_set), 20, 0)
+    images = torch.stack([dm.train_set[i]["image"] for i in validation])
+    b = model.baseline.eval().score({"image": images}, "v")["mls"].double()
+    expected = torch.quantile(b, torch.tensor([0.2, 0.8], dtype=torch.float64)).tolist()
+    np.testing.assert_allclose([model.low, model.high], expected, rtol=1e-6)
+    other = _run(_config(tmp_path / "other", {"class_path": f"{__name__}.Brightness"}, "brightness")
+                 + ["--data.eval_subset", "5"]).model
+    assert (other.low, other.high) == (model.low, model.high)
+
+
+def test_a_fitted_baseline_is_fitted_beside_the_validation_sample_with_its_own_hparams(tmp_path):
+    args = _config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness", baseline_score="knn")
+    model = _run(args + ["--model.init_args.baseline.init_args.scores", "[knn]",
+                         "--model.init_args.baseline.init_args.knn_k", "3"]).model
+    assert model.baseline.hparams.knn_k == 3 and "refiner" not in model.baseline.hparams  # not the fusion's config
+    assert len(model.baseline.knn_bank) == 40 - 20  # the train images outside the validation sample
+    _check_fused_files(tmp_path, "brightness", baseline="knn")
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+    path = tmp_path_factory.mktemp("tiny_unet")
+    unet.save_pretrained(path)
+    return path
+
+
+def _gdm(unet_dir):
+    return {"class_path": "ood_lightning.detectors.diffguard.gdm.DiffGuardGDM", "init_args": {
+        "diffusion_model": str(unet_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
+        "num_classes": 10, "num_steps": 6, "max_inversion_steps": 4, "stop_psnr": 14.0,
+        "stop_dists_similarity": None, "cutouts": 0, "cutout_size": 16, "similarities": ["logits_l1"],
+        "grid_images": 2}}
+
+
+def test_fusion_with_diffguard_gdm(unet_dir, tmp_path):
+    model = _run(_config(tmp_path, _gdm(unet_dir), "logits_l1", trainer={"inference_mode": False})).model
+    assert model.refiner.hparams.grid_images == 2
+    _check_fused_files(tmp_path, "logits_l1")
+    assert (tmp_path / "grids" / "id.png").is_file()  # DiffGuard's on_test_start ran, into the fusion's folder
+    with pytest.raises(RuntimeError, match="inference_mode: false"):
+        _run(_config(tmp_path / "inference", _gdm(unet_dir), "logits_l1", trainer={"inference_mode": True}))
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kwargs, match", [
+    ({"baseline_score": "knn"}, "baseline_score 'knn' is not a score of the baseline ClassifierBaselines"),
+    ({"refiner_score": "dists"}, "refiner_score 'dists' is not a score"),
+    ({"quantiles": (0.5, 0.5)}, "0 < q_low < q_high < 1"),
+    ({"quantiles": (0.0, 0.9)}, "0 < q_low < q_high < 1"),
+    ({"quantiles": (0.9, 0.1)}, "0 < q_low < q_high < 1"),
+    ({"quantiles": (0.1, 0.5, 0.9)}, "0 < q_low < q_high < 1"),
+    ({"validation_size": 0}, "validation_size must be at least 1"),
+])
+def test_bad_arguments_fail_at_construction(kwargs, match):
+    args = {"baseline_score": "mls", "refiner_score": "brightness", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        CascadeFusion(_baseline(), Brightness(), **args)
+
+
+def test_clashing_or_misplaced_children_fail_at_construction():
+    with pytest.raises(ValueError, match="both 'mls'"):
+        CascadeFusion(_baseline(), _baseline(), "mls", "mls")
+    baseline = _baseline(("mls", "msp"))
+    with pytest.raises(ValueError, match="two detectors"):
+        CascadeFusion(baseline, baseline, "mls", "msp")
+    with pytest.raises(ValueError, match="refiner's results_dir is unused"):
+        CascadeFusion(_baseline(), Brightness(results_dir="somewhere"), "mls", "brightness")
+
+
+def test_setup_errors_name_the_fix(tmp_path):
+    refiner = {"class_path": f"{__name__}.Brightness"}
+    with pytest.raises(RuntimeError, match="has none here"):
+        _run(_config(tmp_path, refiner, "brightness") + ["--data.train", "false"])
+    knn = _config(tmp_path, refiner, "brightness", validation_size=40)
+    with pytest.raises(ValueError, match="none are left to fit the baseline"):
+        _run(knn + ["--model.init_args.baseline.init_args.scores", "[knn]", "--model.init_args.baseline_score",
+                    "knn"])
+    with pytest.raises(RuntimeError, match="thresholds are not set"):
+        CascadeFusion(_baseline(), Brightness(), "mls", "brightness").score({"image": torch.rand(2, 3, 8, 8)}, "id")
