@@ -131,7 +131,8 @@ def test_inference_mode_is_refused_with_the_fix(unet_dir, tmp_path):
 def test_missing_diffusion_model_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere/256x256_diffusion_uncond.pt"):
         DiffGuardGDM(diffusion_model=str(tmp_path / "nowhere/256x256_diffusion_uncond.pt"),
-                     classifier="cifar_resnet20", classifier_weights=None, num_classes=10, stop_dists_similarity=None)
+                     classifier="cifar_resnet20", classifier_weights=None, num_classes=10, stop_dists_similarity=None,
+                     similarities=["l2"])
 
 
 def test_dists_stop_rule_without_weights_fails_before_work(unet_dir):

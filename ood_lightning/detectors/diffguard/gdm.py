@@ -11,19 +11,14 @@ reconstruction from the same latent and start index. The paper describes compari
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
-
-from ood_lightning.classifiers import build_classifier
-from ood_lightning.detectors.base import OODDetector
-from ood_lightning.noise import sample_seed
 
 from .ddim import RespacedSchedule
+from .detector import DiffGuardDetector
 from .guidance import CleanGradGuidance, Cutouts
 from .inversion import invert
 from .models import load_pixel_unet
@@ -31,7 +26,7 @@ from .resynthesis import resynthesize
 from .similarity import build_distance, dists_similarity_unclamped, psnr_db
 
 
-class DiffGuardGDM(OODDetector):
+class DiffGuardGDM(DiffGuardDetector):
     """DiffGuard with classifier guidance on a pixel-space unconditional diffusion model.
 
     Scores: one per entry of `similarities` (distances, higher = OOD). Saved per sample beside them: `prediction`
@@ -114,31 +109,21 @@ class DiffGuardGDM(OODDetector):
         seed: int = 0,
         results_dir: str | None = None,
     ):
-        super().__init__(results_dir=results_dir)
+        super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities,
+                         vgg16_weights, dists_weights, lpips_weights, results_dir)
         self.save_hyperparameters()
-        if reference not in ("unguided", "input"):
-            raise ValueError(f"reference must be 'unguided' or 'input', got {reference!r}")
-        if not similarities or len(set(similarities)) != len(similarities):
-            raise ValueError(f"similarities must be distinct names, got {list(similarities)}")
         if resynthesis_offset < 0:
             raise ValueError(f"resynthesis_offset must be >= 0, got {resynthesis_offset}")
         self.schedule = RespacedSchedule(num_steps, beta_schedule, beta_start, beta_end, num_train_timesteps)
         if not 0 < max_inversion_steps <= num_steps:
             raise ValueError(f"max_inversion_steps must be in [1, {num_steps}], got {max_inversion_steps}")
-        self.score_names = tuple(similarities)
-        self.classifier = build_classifier(classifier, classifier_weights, num_classes, mean, std).requires_grad_(False)
         self.unet = load_pixel_unet(diffusion_model, adm_num_head_channels)
-        weights = {"vgg16_weights": vgg16_weights, "dists_weights": dists_weights, "lpips_weights": lpips_weights}
-        self.distances = torch.nn.ModuleDict(
-            {name: build_distance(name, classifier=self.classifier, **weights) for name in similarities})
         self.stop_dists = None  # the DISTS of the early-stop rule: the scoring one when that is on (one VGG copy)
         if stop_dists_similarity is not None:
-            self.stop_dists = self.distances["dists"] if "dists" in self.distances else build_distance("dists",
-                                                                                                         **weights)
+            self.stop_dists = self.distances["dists"] if "dists" in self.distances else build_distance(
+                "dists", **self.weight_files)
         self.guidance = CleanGradGuidance(self.classifier, guidance_scale,
                                           Cutouts(cutouts, cutout_size, cutout_seed), use_x0=clean_x0)
-        self._grid_dir: Path | None = None
-        self._grids_done: set[str] = set()
 
     # -- the diffusion model ---------------------------------------------------------------------------
     def eps(self, x: Tensor, k: int, rows: Tensor) -> Tensor:
@@ -162,26 +147,6 @@ class DiffGuardGDM(OODDetector):
         return stop
 
     # -- scoring ---------------------------------------------------------------------------------------
-    def on_test_start(self) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("DiffGuard needs autograd at test time (Clean Grad): set trainer.inference_mode: "
-                               "false in the config (the configs in configs/diffguard/ do)")
-        super().on_test_start()
-        self._grid_dir = self.output_dir() / "grids" if self.hparams.grid_images > 0 else None
-        self._grids_done = set()
-
-    def target_labels(self, batch: dict, prediction: Tensor, dataset: str) -> Tensor:
-        """The label each image is guided toward: the prediction; in oracle mode the true label for the
-        in-distribution set ("id") and, for OOD sets, a random label seeded by (seed, set, index)."""
-        if not self.hparams.oracle:
-            return prediction
-        if dataset == "id":
-            return batch["label"].to(prediction)
-        n = self.classifier.num_classes
-        labels = [int(torch.randint(n, (), generator=torch.Generator().manual_seed(
-            sample_seed(self.hparams.seed, f"{dataset}/oracle", i)))) for i in batch["index"].tolist()]
-        return torch.tensor(labels, dtype=prediction.dtype, device=prediction.device)
-
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         hp = self.hparams
         images = batch["image"].float()
@@ -189,9 +154,9 @@ class DiffGuardGDM(OODDetector):
             prediction = self.classifier(images).argmax(-1)
         target = self.target_labels(batch, prediction, dataset)
         x = _resize(images * 2.0 - 1.0, self.unet.config.sample_size)
+        early_stop = hp.stop_psnr is not None or self.stop_dists is not None
         latent, stop = invert(self.eps, x, self.schedule, hp.max_inversion_steps,
-                              stop_fn=self.should_stop if hp.stop_psnr is not None or self.stop_dists is not None else None,
-                              clip=hp.clip_denoised)
+                              stop_fn=self.should_stop if early_stop else None, clip=hp.clip_denoised)
         start = (stop + 1 + hp.resynthesis_offset).clamp(max=self.schedule.num_steps - 1)
         twin = hp.reference == "unguided"
         labels = torch.cat([target, torch.full_like(target, -1)]) if twin else target
@@ -204,9 +169,9 @@ class DiffGuardGDM(OODDetector):
                            guide=guide, clip=hp.clip_denoised)
         out = ((_resize(out, images.shape[-1]) + 1.0) / 2.0).clamp(0.0, 1.0)
         synthesis, reference = (out[: len(images)], out[len(images):]) if twin else (out, images.clamp(0.0, 1.0))
-        with torch.no_grad():
-            scores = {name: distance(reference, synthesis).float() for name, distance in self.distances.items()}
-        self._maybe_save_grid(dataset, images, reference if twin else None, synthesis)
+        scores = self.distances_between(reference, synthesis)
+        self.save_grid(dataset, {"input": images, **({"unguided twin": reference} if twin else {}),
+                                 "synthesis": synthesis})
         steps = start + 1
         return {
             **scores,
@@ -216,18 +181,6 @@ class DiffGuardGDM(OODDetector):
             "unet_evals": stop + 1 + steps * (2 if twin else 1),
             "classifier_evals": 1 + steps * max(hp.cutouts, 1),
         }
-
-    def _maybe_save_grid(self, dataset: str, images: Tensor, reference: Tensor | None, synthesis: Tensor) -> None:
-        """The first `grid_images` images of each set seen by rank 0: input / reference / synthesis rows."""
-        if self._grid_dir is None or dataset in self._grids_done or not self.trainer.is_global_zero:
-            return
-        n = min(self.hparams.grid_images, len(images))
-        rows = [images[:n], *([] if reference is None else [reference[:n]]), synthesis[:n]]
-        grid = make_grid(torch.cat(rows).detach().cpu(), nrow=n, padding=1)
-        self._grid_dir.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self._grid_dir / f"{dataset}.png")
-        self._grids_done.add(dataset)
-        self.log_images(f"diffguard/{dataset}", grid[None], caption="rows: input, reference, synthesis", nrow=1)
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

@@ -1,0 +1,80 @@
+"""What DiffGuard's two paths share: the classifier-under-protection, the distances, the label each image is guided
+toward (oracle mode), the autograd check and the image grids. `gdm.py` and `ldm.py` add the diffusion part."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from ood_lightning.classifiers import build_classifier
+from ood_lightning.detectors.base import OODDetector
+from ood_lightning.noise import sample_seed
+
+from .similarity import build_distance
+
+
+class DiffGuardDetector(OODDetector):
+    """Base of DiffGuardGDM and DiffGuardLDM; subclasses call `self.save_hyperparameters()` after this __init__.
+
+    Scores: one per entry of `similarities` (distances, higher = OOD); `prediction` (the classifier's label) and
+    `target` (the label guided toward) are saved per sample beside them.
+    """
+
+    extra_names: tuple[str, ...] = ("prediction", "target")
+
+    def __init__(self, classifier: str, classifier_weights: str | None, num_classes: int | None,
+                 mean: list[float] | None, std: list[float] | None, reference: str, similarities: list[str],
+                 vgg16_weights: str | None, dists_weights: str | None, lpips_weights: str | None,
+                 results_dir: str | None):
+        super().__init__(results_dir=results_dir)
+        if reference not in ("unguided", "input"):
+            raise ValueError(f"reference must be 'unguided' or 'input', got {reference!r}")
+        if not similarities or len(set(similarities)) != len(similarities):
+            raise ValueError(f"similarities must be distinct names, got {list(similarities)}")
+        self.score_names = tuple(similarities)
+        self.classifier = build_classifier(classifier, classifier_weights, num_classes, mean, std).requires_grad_(False)
+        self.weight_files = {"vgg16_weights": vgg16_weights, "dists_weights": dists_weights,
+                             "lpips_weights": lpips_weights}
+        self.distances = torch.nn.ModuleDict(
+            {name: build_distance(name, classifier=self.classifier, **self.weight_files) for name in similarities})
+        self._grid_dir: Path | None = None
+        self._grids_done: set[str] = set()
+
+    def on_test_start(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("DiffGuard needs autograd at test time (Clean Grad, Grad-CAM): set "
+                               "trainer.inference_mode: false in the config (the configs in configs/diffguard/ do)")
+        super().on_test_start()
+        self._grid_dir = self.output_dir() / "grids" if self.hparams.grid_images > 0 else None
+        self._grids_done = set()
+
+    def target_labels(self, batch: dict, prediction: Tensor, dataset: str) -> Tensor:
+        """The label each image is guided toward: the prediction; in oracle mode the true label for the
+        in-distribution set ("id") and, for OOD sets, a random label seeded by (seed, set, index), so it depends
+        on neither the batch nor the process."""
+        if not self.hparams.oracle:
+            return prediction
+        if dataset == "id":
+            return batch["label"].to(prediction)
+        labels = [int(torch.randint(self.classifier.num_classes, (), generator=torch.Generator().manual_seed(
+            sample_seed(self.hparams.seed, f"{dataset}/oracle", i)))) for i in batch["index"].tolist()]
+        return torch.tensor(labels, dtype=prediction.dtype, device=prediction.device)
+
+    def distances_between(self, reference: Tensor, synthesis: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return {name: distance(reference, synthesis).float() for name, distance in self.distances.items()}
+
+    def save_grid(self, dataset: str, rows: dict[str, Tensor]) -> None:
+        """The first `grid_images` images of each set seen by rank 0, one row per entry of `rows` ([N, 3, H, W] in
+        [0, 1]), to grids/<set>.png and the image loggers."""
+        if self._grid_dir is None or dataset in self._grids_done or not self.trainer.is_global_zero:
+            return
+        n = min(self.hparams.grid_images, *(len(images) for images in rows.values()))
+        grid = make_grid(torch.cat([images[:n] for images in rows.values()]).detach().float().cpu(), nrow=n,
+                         padding=1)
+        self._grid_dir.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self._grid_dir / f"{dataset}.png")
+        self._grids_done.add(dataset)
+        self.log_images(f"diffguard/{dataset}", grid[None], caption=f"rows: {', '.join(rows)}", nrow=1)
