@@ -113,7 +113,7 @@ def group_means(
             continue
         row: dict = {}
         for key in METRICS:
-            values = [m[key] for m in present if key in m]
+            values = [m[key] for m in present if m.get(key) is not None]
             if values:
                 row[key] = float(np.mean(np.asarray(values, dtype=np.float64)))
         if any("n_id" in m for m in present):

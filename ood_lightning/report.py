@@ -130,7 +130,11 @@ def build_results(
         rows = {}
         for name in ood_sets:
             s = per_set[name]
-            rows[name] = ood_metrics(id_set["scores"][score], s["scores"][score])
+            id_scores, ood_scores = id_set["scores"][score], s["scores"][score]
+            if len(id_scores) and len(ood_scores):
+                rows[name] = ood_metrics(id_scores, ood_scores)
+            else:  # nothing readable in a set: a row without metrics, its skipped images counted
+                rows[name] = {**dict.fromkeys(METRICS), "n_id": len(id_scores), "n_ood": len(ood_scores)}
             rows[name]["n_skipped"] = int(s["n_skipped"])
         for group, row in group_means(rows, groups).items():
             row["n_skipped"] = sum(rows[n]["n_skipped"] for n in groups[group] if n in rows)
@@ -153,7 +157,7 @@ def markdown_table(results: dict) -> str:
     head = ["score", "OOD set", "AUROC", "AUPR-In", "AUPR-Out", "FPR95 (ID 95%)", "FPR95 (OpenOOD)", "n OOD"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table_rows(results):
-        pct = [f"{100 * r[m]:.2f}" for m in METRICS]
+        pct = ["n/a" if r[m] is None else f"{100 * r[m]:.2f}" for m in METRICS]
         lines.append(f"| {r['score']} | {r['ood_set']} | " + " | ".join(pct) + f" | {r['n_ood']} |")
     return "\n".join(lines) + "\n"
 

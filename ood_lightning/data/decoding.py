@@ -1,8 +1,11 @@
 """Robust image decoding: any readable image becomes 8-bit RGB, any unreadable one an `ImageDecodeError`.
 
 PIL's safety switches stay as PIL ships them: `ImageFile.LOAD_TRUNCATED_IMAGES` stays False, so a truncated JPEG
-raises instead of coming back half grey, and the decompression-bomb limit stays on. The datasets in `sources.py`
-turn an `ImageDecodeError` into a skipped, reported sample; this module only decides what "readable" means.
+raises instead of coming back half grey, and the decompression-bomb limit `Image.MAX_IMAGE_PIXELS` stays on. It is
+enforced strictly: PIL only warns about an image between that limit and twice it, and would then decode it (a 100 KB
+PNG can hold 10000 x 10000 pixels); here such a file is unreadable before any pixel is decoded. The datasets in
+`sources.py` turn an `ImageDecodeError` into a skipped, reported sample; this module only decides what "readable"
+means.
 
 Mode conversions (chosen to match `Image.convert("RGB")`, which torchvision's ImageFolder and OpenOOD use, so
 scores match the reference pipelines):
@@ -28,10 +31,20 @@ def load_rgb(source: str | os.PathLike | bytes) -> Image.Image:
     what = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
+            _refuse_bomb(image)
             image.load()  # decode now: a truncated or corrupt file fails here, not later inside a transform
             return to_rgb(image)
     except Exception as err:  # PIL reports broken files as OSError, SyntaxError, ValueError, struct.error, ...
         raise ImageDecodeError(f"cannot decode image {what}: {type(err).__name__}: {err}") from err
+
+
+def _refuse_bomb(image: Image.Image) -> None:
+    """Raise PIL's DecompressionBombError where `Image.open` only warned: the header declares too many pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > limit:
+        raise Image.DecompressionBombError(
+            f"image size {image.width} x {image.height} exceeds Image.MAX_IMAGE_PIXELS = {limit} pixels, could be "
+            "a decompression bomb (raise PIL's Image.MAX_IMAGE_PIXELS to read such images)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

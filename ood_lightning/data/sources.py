@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -115,7 +116,20 @@ class FileSource(ImageSource):
 
 
 def _is_image_file(entry: os.DirEntry) -> bool:
-    return not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+    """A file named as an image. A link named so that leads nowhere (dangling, or a loop) counts too: reading it
+    fails, so it becomes a counted skip instead of silently shrinking the set."""
+    if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+        return False
+    return _is_broken_link(entry) or entry.is_file()
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    return not _is_broken_link(entry) and entry.is_dir()
+
+
+def _is_broken_link(entry: os.DirEntry) -> bool:
+    """A symlink whose target cannot be reached; `DirEntry.is_file/is_dir` raise OSError on a link loop."""
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def _image_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[Path]:
@@ -131,9 +145,9 @@ def _image_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if _is_dir(entry):
                 found += _image_files(Path(entry.path), seen)
-            elif entry.is_file() and _is_image_file(entry):
+            elif _is_image_file(entry):
                 found.append(Path(entry.path))
     return found
 
@@ -154,8 +168,8 @@ class ImageFolderSource(FileSource):
             raise FileNotFoundError(f"image folder not found: {root}")
         with os.scandir(root) as entries:
             top = [e for e in entries if not e.name.startswith(".")]
-        flat = any(e.is_file() and _is_image_file(e) for e in top)
-        classes = [] if flat else sorted(e.name for e in top if e.is_dir())
+        flat = any(_is_image_file(e) for e in top)
+        classes = [] if flat else sorted(e.name for e in top if _is_dir(e))
         seen = set() if flat else {(root.stat().st_dev, root.stat().st_ino)}  # a link back to root is no class
         samples = []
         for label, folder in ([(-1, root)] if flat else enumerate(root / c for c in classes)):
@@ -168,11 +182,12 @@ class ImageFolderSource(FileSource):
 
 
 class ImageListSource(FileSource):
-    """An OpenOOD image list: one `relative/path label` per line, paths relative to `data_root`.
+    """An OpenOOD image list: one `relative/path label` per line (UTF-8), paths relative to `data_root`.
 
-    Blank lines are ignored; the label is the last field, so paths may contain spaces. `ood=True` sets every label
-    to -1. A malformed line raises ValueError naming the file and line; listed files that do not exist raise one
-    FileNotFoundError that names the first ones and gives the count.
+    Blank lines are ignored; the label is the last field, an integer, so paths may contain spaces. `ood=True` sets
+    every label to -1. A malformed line (or bytes that are not UTF-8) raises ValueError naming the file and line;
+    listed files that do not exist raise one FileNotFoundError that names the first ones, with their lines, and
+    gives the count.
     """
 
     def __init__(self, list_file: str | os.PathLike, data_root: str | os.PathLike,
@@ -180,24 +195,36 @@ class ImageListSource(FileSource):
         list_file, data_root = Path(list_file), Path(data_root)
         if not list_file.is_file():
             raise FileNotFoundError(f"image list not found: {list_file}")
-        samples = []
-        for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        samples, lines = [], []
+        for number, line in enumerate(_read_utf8(list_file).splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.strip().rsplit(maxsplit=1)
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            if len(fields) != 2 or not re.fullmatch(r"-?[0-9]+", fields[1]):
                 raise ValueError(f"{list_file}, line {number}: expected 'relative/path label', got {line!r}")
             samples.append((data_root / fields[0], -1 if ood else int(fields[1])))
+            lines.append(number)
         if not samples:
             raise ValueError(f"image list {list_file} lists no images")
-        missing = [path for path, _ in samples if not path.is_file()]
+        missing = [(number, path) for number, (path, _) in zip(lines, samples) if not path.is_file()]
         if missing:
-            shown = "\n".join(f"  - {path}" for path in missing[:MAX_MISSING_SHOWN])
+            shown = "\n".join(f"  - line {number}: {path}" for number, path in missing[:MAX_MISSING_SHOWN])
             more = f"\n  ... and {len(missing) - MAX_MISSING_SHOWN} more" if len(missing) > MAX_MISSING_SHOWN else ""
             raise FileNotFoundError(
                 f"{len(missing)} of {len(samples)} images listed in {list_file} are missing under {data_root}:\n"
                 f"{shown}{more}")
         super().__init__(data_root, samples, name or list_file.stem, transform)
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of a list file; bytes that are not UTF-8 (a binary file given as a list) name the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first path
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text ({err.reason} at byte {err.start}); an image list "
+                         "holds 'relative/path label' lines") from err
 
 
 class TorchvisionSource(ImageSource):
