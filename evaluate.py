@@ -48,8 +48,9 @@ def main(args: list[str] | None = None) -> None:
         rescore_main(argv)
         return
     from ood_lightning.cli import make_cli
+    from ood_lightning.detectors.base import OODDetector
 
-    cli = make_cli(args, description=__doc__)  # None: LightningCLI reads sys.argv itself
+    cli = make_cli(args, description=__doc__, model_class=OODDetector)  # None: LightningCLI reads sys.argv itself
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, verbose=False)
 
 

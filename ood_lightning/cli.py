@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+import lightning as L
 from jsonargparse import DefaultHelpFormatter
 
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from ood_lightning.data.datamodule import OODDataModule
-from ood_lightning.detectors.base import OODDetector
 from ood_lightning.wandb_logging import wandb_offline_without_credentials
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -33,7 +33,8 @@ class _ConfiguredModelInstantiator(_InstantiatorFn):
 
 
 class OODCLI(LightningCLI):
-    """Adds the checkpoint path that both entry points take; the detector is chosen by class_path.
+    """Adds the checkpoint path that both entry points take; the model (a detector, or a model train.py only fits,
+    e.g. configs/diffusion/) is chosen by class_path.
 
     After instantiation it hands the resolved config to the detector (results.json's config_hash is taken over
     it) and, when a WandbLogger is configured but no W&B credentials exist, switches W&B to offline mode instead
@@ -64,9 +65,12 @@ class OODCLI(LightningCLI):
         wandb_offline_without_credentials(self.trainer.loggers)
 
 
-def make_cli(args: list[str] | None, description: str) -> OODCLI:
+def make_cli(args: list[str] | None, description: str,
+             model_class: type[L.LightningModule] = L.LightningModule) -> OODCLI:
+    """The CLI of an entry point; a config's class_path must name a subclass of `model_class` (evaluate.py:
+    OODDetector)."""
     return OODCLI(
-        OODDetector,
+        model_class,
         OODDataModule,
         subclass_mode_model=True,
         run=False,

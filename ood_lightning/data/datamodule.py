@@ -149,6 +149,11 @@ class OODDataModule(L.LightningDataModule):
                                "(setup() not run, train=False, or folders without id_train)")
         return self.loader(self.train_set, shuffle=True)
 
+    def val_dataloader(self) -> DataLoader:
+        """The in-distribution test set, for models that validate while they train (configs/classifier/,
+        configs/diffusion/); models without a validation_step (the detectors) skip it."""
+        return self.loader(self.test_sets["id"])
+
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test set, in `test_sets` order: "id" first, then the OOD sets."""
         return [self.loader(dataset) for dataset in self.test_sets.values()]
