@@ -1,0 +1,148 @@
+"""DiffGuard GDM: what batching with per-sample start indices buys over the reference's batch size 1, on CPU.
+
+    python benchmarks/diffguard_gdm_batching.py                 # extracts ../shared/data into data/ if needed
+    python benchmarks/diffguard_gdm_batching.py --images 8 --batch-size 8 --width 64
+    python benchmarks/diffguard_gdm_batching.py --unet runs/.../unet --null-class 10   # a trained model
+
+The released GDM config (ddim100, at most 90 inversion steps with the PSNR early-stop rule, re-synthesis from the
+stop index + 2 with Clean Grad guidance and the unguided twin) scores the same CIFAR-10 / Tiny-ImageNet JPEGs twice,
+once one image at a time (what the reference's early stop forces) and once in batches, and checks that the scores
+agree. The classifier is the real DenseNet-BC-100 of ../shared/weights; the diffusion model is a randomly initialised
+DDPM-CIFAR-10-shaped diffusers UNet (no pre-trained one can be loaded offline) unless --unet gives a trained one;
+with a random model the scores mean nothing: this measures cost, not detection. Writes
+benchmarks/results/diffguard_gdm_batching.{json,md}: wall time per setting, UNet and classifier image passes per
+image (from the detector's own per-sample accounting) and the largest score difference between the two runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+from lfdn_cifar10_jpeg import ensure_extracted
+
+from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+from ood_lightning.report import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO.parent / "shared" / "weights" / "cifar10_densenet_bc100.pt"
+
+
+def random_ddpm_unet(folder: Path, width: int) -> None:
+    """google/ddpm-cifar10-32's layout (widths w, 2w, 2w, 2w; attention at 16 px), random weights, saved."""
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=32, block_out_channels=(width, 2 * width, 2 * width, 2 * width), layers_per_block=2,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")).save_pretrained(folder)
+
+
+def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) -> tuple[float, dict]:
+    model = DiffGuardGDM(diffusion_model=str(unet_dir), classifier=args.classifier,
+                         classifier_weights=args.classifier_weights, num_classes=args.num_classes,
+                         stop_dists_similarity=None, cutouts=0, cutout_size=32, similarities=["logits_l1", "l2"],
+                         null_class=args.null_class, grid_images=0, results_dir=str(out))
+    if args.id_test:  # your own folders
+        dm = OODDataModule(benchmark="folders", id_test=args.id_test, ood={"ood": args.ood}, image_size=32,
+                           batch_size=batch_size, eval_subset=args.images, train=False)
+    else:
+        dm = OODDataModule(benchmark="cifar10_jpeg", root=args.root, image_size=32, batch_size=batch_size,
+                           eval_subset=args.images, train=False)
+    dm.setup("test")
+    dm.test_sets = dict(list(dm.test_sets.items())[:2])  # "id" and the first OOD set
+    trainer = L.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(out))
+    start = time.perf_counter()
+    trainer.test(model, datamodule=dm, verbose=False)
+    wall = time.perf_counter() - start
+    scores = {}
+    for path in sorted((out / "scores").glob("*.npz")):
+        with np.load(path) as f:
+            scores[path.stem] = {key: f[key] for key in f.files}
+    return wall, scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(REPO / "data"), help="where the JPEG archives are (or get) extracted")
+    parser.add_argument("--images", type=int, default=8, help="images per test set (ID, OOD)")
+    parser.add_argument("--batch-size", type=int, default=8, help="the batched setting's batch size")
+    parser.add_argument("--width", type=int, default=64, help="random UNet's base width (google/ddpm-cifar10-32: 128)")
+    parser.add_argument("--unet", default=None, help="a trained diffusers UNet2DModel folder instead of a random one "
+                        "(e.g. the export of configs/diffusion/cifar10_jpeg.yaml)")
+    parser.add_argument("--null-class", type=int, default=None, help="the null class of a class-conditional --unet")
+    parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument("--classifier", default="cifar_densenet_bc100", help="classifier-under-protection")
+    parser.add_argument("--classifier-weights", default=str(WEIGHTS), help="its weight file")
+    parser.add_argument("--num-classes", type=int, default=None, help="its classes (default: from the file)")
+    parser.add_argument("--id-test", default=None, help="an ImageFolder of ID test images instead of CIFAR-10")
+    parser.add_argument("--ood", default=None, help="with --id-test: a folder of OOD images")
+    args = parser.parse_args()
+    if not args.id_test:
+        ensure_extracted(Path(args.root))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        unet = Path(args.unet) if args.unet else tmp / "unet"
+        if not args.unet:
+            random_ddpm_unet(unet, args.width)
+        params = sum(p.numel() for p in UNet2DModel.from_pretrained(unet).parameters())
+        results = {}
+        for batch_size in (1, args.batch_size):
+            wall, scores = run(args, unet, batch_size, tmp / f"b{batch_size}")
+            results[batch_size] = {"wall_s": wall, "scores": scores}
+            print(f"batch size {batch_size}: {wall:.1f} s")
+    one, many = results[1], results[args.batch_size]
+    n = sum(len(s["index"]) for s in one["scores"].values())
+    extras = {key: np.concatenate([s[f"extra_{key}"] for s in one["scores"].values()])
+              for key in ("stop_index", "unet_evals", "classifier_evals")}
+    diff = max(float(np.abs(one["scores"][name][f"score_{k}"] - many["scores"][name][f"score_{k}"]).max())
+               for name in one["scores"] for k in ("logits_l1", "l2"))
+    same_stops = all(np.array_equal(one["scores"][name]["extra_stop_index"], many["scores"][name]["extra_stop_index"])
+                     for name in one["scores"])
+    report = {
+        "images": n, "unet_parameters": params, "threads": torch.get_num_threads(),
+        "wall_s": {str(b): round(r["wall_s"], 1) for b, r in results.items()},
+        "speedup": round(one["wall_s"] / many["wall_s"], 2),
+        "stop_index": {"min": int(extras["stop_index"].min()), "median": float(np.median(extras["stop_index"])),
+                       "max": int(extras["stop_index"].max())},
+        "unet_evals_per_image": float(extras["unet_evals"].mean()),
+        "classifier_evals_per_image": float(extras["classifier_evals"].mean()),
+        "max_score_difference": diff, "same_stop_indices": same_stops,
+    }
+    images = f"{args.id_test} + {args.ood}" if args.id_test else "CIFAR-10 test + Tiny-ImageNet JPEGs"
+    lines = [
+        "# DiffGuard GDM: batch size 1 against batched, CPU",
+        "",
+        f"`python benchmarks/diffguard_gdm_batching.py {' '.join(sys.argv[1:])}`: {n} images ({images}), "
+        f"released GDM settings (ddim100, <= 90 inversion steps, PSNR stop 6.39 dB, start = stop + 2, unguided "
+        f"twin, no cutouts at 32 px), classifier {args.classifier}, "
+        f"{'the trained UNet ' + args.unet if args.unet else 'a random UNet'} "
+        f"({params / 1e6:.1f} M parameters), {report['threads']} threads.",
+        "",
+        "| batch size | wall time (s) | images/s |",
+        "|---|---|---|",
+        *[f"| {b} | {r['wall_s']:.1f} | {n / r['wall_s']:.3f} |" for b, r in results.items()],
+        "",
+        f"Speed-up {report['speedup']}x. Stop indices min/median/max {report['stop_index']['min']}/"
+        f"{report['stop_index']['median']:g}/{report['stop_index']['max']}; per image "
+        f"{report['unet_evals_per_image']:.1f} UNet and {report['classifier_evals_per_image']:.1f} classifier "
+        f"image passes. Largest score difference between the two runs {diff:.2e}; stop indices identical: "
+        f"{same_stops}.",
+    ]
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"diffguard_gdm_batching{'_' + args.tag if args.tag else ''}"
+    atomic_write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
