@@ -42,6 +42,24 @@ def test_cifar10_jpeg_preset_layout(tmp_path):
     assert bench.ood["tin"][0]["image"].shape == (3, 8, 8)
 
 
+def test_mnist_0_4_preset_splits_by_file_number(tmp_path):
+    for digit in range(10):
+        for number in (digit * 100, digit * 100 + 1, digit * 100 + 7, digit * 100 + 15):
+            write_image(tmp_path / "mnist" / "test" / str(digit) / f"{number:05d}.jpg", size=(8, 8))
+    make_flat(tmp_path / "tin" / "val", n=2, ext=".jpg")
+    make_class_tree(tmp_path / "cifar10" / "test", classes=CIFAR10_CLASSES[:2], per_class=1, ext=".jpg")
+    bench = build_benchmark("mnist_0_4", tmp_path, default_transform(8))
+    assert bench.id_name == "mnist_0_4" and list(bench.ood) == ["mnist_5_9", "tin", "cifar10"]
+    assert bench.groups == {"near": ["mnist_5_9"], "far": ["tin", "cifar10"]}
+    numbers = {name: [int(path.stem) for path, _ in ds.samples] for name, ds in
+               (("train", bench.id_train), ("test", bench.id_test), ("ood", bench.ood["mnist_5_9"]))}
+    assert all(n % 5 == 0 for n in numbers["test"]) and not any(n % 5 == 0 for n in numbers["train"])
+    assert len(numbers["test"]) == 10 and len(numbers["train"]) == 10 and len(numbers["ood"]) == 20
+    assert set(bench.id_train.labels) == set(bench.id_test.labels) == {0, 1, 2, 3, 4}
+    assert all(n // 100 >= 5 for n in numbers["ood"]) and set(bench.ood["mnist_5_9"].labels) == {-1}
+    assert bench.id_test[0]["image"].shape == (3, 8, 8)
+
+
 def test_folders_preset(tmp_path):
     make_class_tree(tmp_path / "mine" / "train", per_class=2)
     make_class_tree(tmp_path / "mine" / "test", per_class=1)

@@ -15,7 +15,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .sources import DigitsSource, ImageFolderSource, ImageListSource, TorchvisionSource, Transform, subset
+from .sources import (DigitsSource, FileSource, ImageFolderSource, ImageListSource, TorchvisionSource, Transform,
+                      subset)
 
 
 @dataclass
@@ -179,6 +180,20 @@ def _folder(name: str, path: Path, what: str, transform: Transform, ood: bool = 
     return SetSpec(name, ((path, what),), lambda: ImageFolderSource(path, transform, name, ood))
 
 
+def _mnist_digits(name: str, root: Path, digits: range, part: str, transform: Transform, ood: bool = False) -> SetSpec:
+    """MNIST test JPEGs of `digits` (labels 0.. in that order, -1 for OOD): part "test" keeps the files numbered a
+    multiple of 5, "train" the others, "all" every file."""
+    folder = root / "mnist/test"
+
+    def build() -> FileSource:
+        samples = [(path, -1 if ood else label) for label, digit in enumerate(digits)
+                   for path in sorted((folder / str(digit)).glob("*.jpg"))
+                   if part == "all" or (int(path.stem) % 5 == 0) == (part == "test")]
+        return FileSource(folder, samples, name, transform, classes=() if ood else [str(d) for d in digits])
+
+    return SetSpec(name, ((folder, "MNIST test JPEGs, one folder per digit (extract mnist.tar.gz)"),), build)
+
+
 def _torchvision(name: str, kind: str, root: Path, split: str, transform: Transform, download: bool,
                  ood: bool = False) -> SetSpec:
     path = TorchvisionSource.expected_path(kind, root, split)
@@ -221,6 +236,26 @@ def _cifar10_jpeg(root: Path, transform: Transform) -> Plan:
         ood=[_folder("tin", root / "tin/val", "Tiny-ImageNet val JPEGs (extract tin.tar.gz)", transform, ood=True),
              _folder("mnist", root / "mnist/test", "MNIST test JPEGs (extract mnist.tar.gz)", transform, ood=True)],
         groups={"near": ["tin"], "far": ["mnist"]},
+    )
+
+
+@_preset("mnist_0_4")
+def _mnist_0_4(root: Path, transform: Transform) -> Plan:
+    """Semantic shift inside one domain, from the offline MNIST JPEGs (DiffGuard on your own data): digits 0-4 in
+    distribution, digits 5-9 the near-OOD set, Tiny-ImageNet and CIFAR-10 far OOD. MNIST's 10,000 test images are
+    split by file number: digits 0-4 numbered a multiple of 5 are the ID test part (1,061), the others the ID train
+    part (4,078); the rule mixes MNIST's easier first and harder second 5,000 evenly. Extracted under root:
+      root/mnist/test/<digit>/NNNNN.jpg  ID train / ID test (0-4), OOD 'mnist_5_9' (5-9, labels ignored)
+      root/tin/val/*.jpg                 far-OOD 'tin'
+      root/cifar10/test/<class>/*.jpg    far-OOD 'cifar10' (labels ignored)"""
+    return Plan(
+        id_train=_mnist_digits("mnist_0_4_train", root, range(5), "train", transform),
+        id_test=_mnist_digits("mnist_0_4", root, range(5), "test", transform),
+        ood=[_mnist_digits("mnist_5_9", root, range(5, 10), "all", transform, ood=True),
+             _folder("tin", root / "tin/val", "Tiny-ImageNet val JPEGs (extract tin.tar.gz)", transform, ood=True),
+             _folder("cifar10", root / "cifar10/test", "CIFAR-10 test JPEGs (extract cifar10.tar.gz)", transform,
+                     ood=True)],
+        groups={"near": ["mnist_5_9"], "far": ["tin", "cifar10"]},
     )
 
 

@@ -56,7 +56,7 @@ class OODDataModule(L.LightningDataModule):
     loaders are built from them when requested. Evaluation loaders never shuffle or drop samples.
 
     Args:
-        benchmark: Benchmark preset: digits, cifar10_jpeg, lfdn_cifar10, lfdn_cifar100, lfdn_celeba,
+        benchmark: Benchmark preset: digits, cifar10_jpeg, mnist_0_4, lfdn_cifar10, lfdn_cifar100, lfdn_celeba,
             openood_v1.5/{cifar10,cifar100,imagenet200,imagenet1k}, openood_v1.0/imagenet or folders.
         root: Data folder the preset's paths are relative to (each preset's docstring shows its layout);
             not needed by digits, optional for folders.
