@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +23,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torchvision.utils import save_image
 
+from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_noise, sample_seed
+from ood_lightning.report import atomic_write, atomic_write_text
 from ood_lightning.wandb_logging import log_image_grid
 
 EXPORT_INFO = "diffguard.json"
@@ -176,15 +177,10 @@ class ClassConditionalDiffusion(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.log("train/ema_decay", self.update_ema())
 
-    @torch.no_grad()
     def update_ema(self) -> float:
-        """ema <- decay * ema + (1 - decay) * weights, after each optimizer step; returns the decay used."""
+        """One EMA update after each optimizer step (`ood_lightning.ema`); returns the decay used."""
         self.ema_updates += 1
-        n = self.ema_updates.item()
-        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
-        for ema, weight in zip(self.ema.parameters(), self.unet.parameters()):
-            ema.lerp_(weight, 1.0 - decay)
-        return decay
+        return ema_update(self.ema, self.unet, int(self.ema_updates), self.hparams.ema_decay)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -235,8 +231,9 @@ class ClassConditionalDiffusion(L.LightningModule):
         if every and (self.current_epoch + 1) % every == 0 and self.trainer.is_global_zero:
             images = self.sample_grid()
             caption = f"epoch {self.current_epoch}: rows = classes 0..{self.null_class - 1}, then unconditional"
-            _save_png(images, self._run_dir / "samples" / f"epoch_{self.current_epoch:03d}.png",
-                      self.hparams.samples_per_class)
+            nrow = self.hparams.samples_per_class  # written whole or not at all, as every output file
+            atomic_write(self._run_dir / "samples" / f"epoch_{self.current_epoch:03d}.png",
+                         lambda f: save_image(images, f, nrow=nrow, format="png"))
             log_image_grid(self.loggers, "train/samples", images, caption=caption,
                            nrow=self.hparams.samples_per_class, step=self.global_step)
 
@@ -254,15 +251,5 @@ class ClassConditionalDiffusion(L.LightningModule):
                 "image_size": hp.sample_size, "num_train_timesteps": hp.num_train_timesteps,
                 "beta_schedule": hp.beta_schedule, "beta_start": hp.beta_start, "beta_end": hp.beta_end,
                 "prediction_type": "epsilon", "ema_updates": int(self.ema_updates)}
-        tmp = folder / f".{EXPORT_INFO}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, folder / EXPORT_INFO)
+        atomic_write_text(folder / EXPORT_INFO, json.dumps(info, indent=2) + "\n")
         return folder
-
-
-def _save_png(images: Tensor, path: Path, nrow: int) -> None:
-    """A grid PNG written under a temporary name, then renamed: an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(images, tmp, nrow=nrow)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from ood_lightning.detectors.lfdn.diffusion import LFDNSchedule, reconstruct, re
 from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
 from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
+from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_noise
 
 
@@ -146,14 +147,9 @@ class LFDNDetector(OODDetector):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    @torch.no_grad()
     def _update_ema(self) -> float:
         self.ema_updates += 1
-        n = self.ema_updates.item()
-        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema.parameters(), self.net.parameters()):
-            e.lerp_(p, 1 - decay)
-        return decay
+        return ema_update(self.ema, self.net, int(self.ema_updates), self.hparams.ema_decay)
 
     def on_train_epoch_end(self) -> None:
         if self.current_epoch == 0:
