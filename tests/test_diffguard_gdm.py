@@ -4,8 +4,8 @@ labels, image grids and the start-up errors. The scores are meaningless; their d
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
 
+from diffguard_helpers import evaluate_args, run_evaluate, save_tiny_unet
 from ood_lightning.cli import make_cli
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.similarity import dists_similarity_unclamped
@@ -17,13 +17,7 @@ N = 6  # images per test set
 
 @pytest.fixture(scope="module")
 def unet_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
-    path = tmp_path_factory.mktemp("tiny_unet")
-    unet.save_pretrained(path)
-    return path
+    return save_tiny_unet(tmp_path_factory.mktemp("tiny_unet"))
 
 
 def _args(unet_dir, out, batch_size, **model):
@@ -31,20 +25,7 @@ def _args(unet_dir, out, batch_size, **model):
             "num_classes": 10, "num_steps": 10, "max_inversion_steps": 8, "stop_psnr": 14.0,
             "stop_dists_similarity": None, "cutouts": 2, "cutout_size": 12,
             "similarities": ["l2", "psnr", "logits_l1"], "grid_images": 4, "results_dir": str(out), **model}
-    args = ["--seed_everything", "0", "--trainer.accelerator", "cpu", "--trainer.inference_mode", "false",
-            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false", "--model", "ood_lightning.detectors.diffguard.gdm.DiffGuardGDM",
-            "--data.benchmark", "digits", "--data.image_size", "16", "--data.eval_subset", str(N),
-            "--data.batch_size", str(batch_size), "--plots", "false"]
-    for key, value in init.items():
-        args += [f"--model.init_args.{key}", "null" if value is None else str(value)]
-    return args
-
-
-def _evaluate(args) -> None:
-    from evaluate import main
-
-    main(args)
+    return evaluate_args("ood_lightning.detectors.diffguard.gdm.DiffGuardGDM", init, out, batch_size, N)
 
 
 def _scores(out, name):
@@ -57,7 +38,7 @@ def runs(unet_dir, tmp_path_factory):
     out = {}
     for batch_size in (1, 4):
         folder = tmp_path_factory.mktemp(f"gdm_b{batch_size}")
-        _evaluate(_args(unet_dir, folder, batch_size))
+        run_evaluate(_args(unet_dir, folder, batch_size))
         out[batch_size] = folder
     return out
 
@@ -82,7 +63,7 @@ def test_stop_indices_vary_per_sample_and_plain_mode_guides_toward_the_predictio
 
 
 def _scores_of(unet_dir, tmp_path, **model):
-    _evaluate(_args(unet_dir, tmp_path, 4, **model))
+    run_evaluate(_args(unet_dir, tmp_path, 4, **model))
     return {name: _scores(tmp_path, name) for name in ("id", "digits_5_9")}
 
 
@@ -105,7 +86,7 @@ def test_unet_and_classifier_evaluations_match_the_reported_counts(unet_dir, tmp
 
 
 def test_reference_input_skips_the_twin_and_bf16_runs(unet_dir, tmp_path):
-    _evaluate(_args(unet_dir, tmp_path, 4, reference="input") + ["--trainer.precision", "bf16-mixed"])
+    run_evaluate(_args(unet_dir, tmp_path, 4, reference="input") + ["--trainer.precision", "bf16-mixed"])
     scores = _scores(tmp_path, "id")
     assert np.isfinite(scores["score_l2"]).all()
     steps = np.minimum(scores["extra_stop_index"] + 2, 9) + 1
@@ -125,7 +106,7 @@ def test_inference_mode_is_refused_with_the_fix(unet_dir, tmp_path):
     args = _args(unet_dir, tmp_path, 4)
     args[args.index("--trainer.inference_mode") + 1] = "true"
     with pytest.raises(RuntimeError, match="inference_mode: false"):
-        _evaluate(args)
+        run_evaluate(args)
 
 
 def test_missing_diffusion_model_names_the_path(tmp_path):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMInverseScheduler, DiTTransformer2DModel, UNet2DConditionModel, VQModel
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from diffguard_helpers import evaluate_args, run_evaluate
 from torch import nn
 
 from ood_lightning.classifiers import build_classifier
@@ -305,20 +306,7 @@ def _args(model_dir, out, batch_size, **model):
     init = {"diffusion_model": str(model_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
             "num_classes": 10, "image_size": 16, "num_steps": 10, "similarities": ["l2", "psnr", "logits_l1"],
             "grid_images": 4, "results_dir": str(out), **model}
-    args = ["--seed_everything", "0", "--trainer.accelerator", "cpu", "--trainer.inference_mode", "false",
-            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false", "--model", "ood_lightning.detectors.diffguard.ldm.DiffGuardLDM",
-            "--data.benchmark", "digits", "--data.image_size", "16", "--data.eval_subset", str(N),
-            "--data.batch_size", str(batch_size), "--plots", "false"]
-    for key, value in init.items():
-        args += [f"--model.init_args.{key}", "null" if value is None else str(value)]
-    return args
-
-
-def _evaluate(args) -> None:
-    from evaluate import main
-
-    main(args)
+    return evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, out, batch_size, N)
 
 
 def _scores(out):
@@ -333,7 +321,7 @@ def runs(ldm_dir, tmp_path_factory):
     out = {}
     for batch_size in (1, 4):
         folder = tmp_path_factory.mktemp(f"ldm_b{batch_size}")
-        _evaluate(_args(ldm_dir, folder, batch_size))
+        run_evaluate(_args(ldm_dir, folder, batch_size))
         out[batch_size] = folder
     return out
 
@@ -356,7 +344,7 @@ def test_scores_do_not_depend_on_batch_size(runs):
 
 
 def test_oracle_without_cam_guides_id_to_the_true_label_and_ood_to_a_seeded_random_label(ldm_dir, tmp_path):
-    _evaluate(_args(ldm_dir, tmp_path, 4, oracle=True, use_cam=False, seed=3))
+    run_evaluate(_args(ldm_dir, tmp_path, 4, oracle=True, use_cam=False, seed=3))
     scores = _scores(tmp_path)
     np.testing.assert_array_equal(scores["id"]["extra_target"], scores["id"]["label"])
     ood = scores["digits_5_9"]
@@ -367,7 +355,7 @@ def test_oracle_without_cam_guides_id_to_the_true_label_and_ood_to_a_seeded_rand
 
 
 def test_dit_scores_end_to_end_against_the_unguided_twin(dit_dir, tmp_path):
-    _evaluate(_args(dit_dir, tmp_path, 4, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+    run_evaluate(_args(dit_dir, tmp_path, 4, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                     reference="unguided"))
     scores = _scores(tmp_path)
     assert all(np.isfinite(r["score_l2"]).all() and len(r["index"]) == N for r in scores.values())
@@ -378,7 +366,7 @@ def test_inference_mode_is_refused_with_the_fix(ldm_dir, tmp_path):
     args = _args(ldm_dir, tmp_path, 4)
     args[args.index("--trainer.inference_mode") + 1] = "true"
     with pytest.raises(RuntimeError, match="inference_mode: false"):
-        _evaluate(args)
+        run_evaluate(args)
 
 
 def test_wrong_image_size_and_too_many_classes_fail_before_work(ldm_dir, dit_dir):

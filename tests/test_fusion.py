@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import UNet2DModel
 
+from diffguard_helpers import save_tiny_unet
 from ood_lightning.cli import make_cli
 from ood_lightning.data.datamodule import collate
 from ood_lightning.detectors.base import OODDetector
@@ -206,13 +206,7 @@ def test_a_fitted_baseline_is_fitted_beside_the_validation_sample_with_its_own_h
 
 @pytest.fixture(scope="module")
 def unet_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
-    path = tmp_path_factory.mktemp("tiny_unet")
-    unet.save_pretrained(path)
-    return path
+    return save_tiny_unet(tmp_path_factory.mktemp("tiny_unet"))
 
 
 def _gdm(unet_dir):
