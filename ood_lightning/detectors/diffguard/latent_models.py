@@ -2,7 +2,7 @@
 
 DiffGuard's LDM path needs five things from its diffusion model: encode an image to a latent, decode a latent back,
 the noise prediction for a class label, the label that means "no class" (the null class, trained by label
-dropout, which makes classifier-free guidance possible) and the latent grid of an image size. Two back-ends:
+dropout, which makes classifier-free guidance possible) and the latent grid of an image size. Three back-ends:
 
 - `CompVisLDM`: CompVis latent-diffusion cin256-v2, the model of the released LDM results. VQ-f4 first stage;
   `encode` is the pre-quantisation latent and `decode` quantises first, as LDM's encode/decode_first_stage; no
@@ -14,6 +14,12 @@ dropout, which makes classifier-free guidance possible) and the latent grid of a
   divides it back out, as DiTPipeline does. The transformer reads the class through adaLN-Zero; the null class is
   `num_embeds_ada_norm` (1000), and of its 8 output channels the first `in_channels` (4) are epsilon, the rest its
   learned variance.
+- `PixelDiffusion`: a class-conditional pixel-space diffusers `UNet2DModel` trained by this project's
+  `configs/diffusion/` (its export folder, with `diffguard.json`), for your own data. The reference has no such
+  path; the "latent" is the image itself (`encode` and `decode` are the identity, decode clamps), so the Grad-CAM
+  mask is applied at full resolution. The null class and the training noise schedule are read from
+  `diffguard.json`, and DiffGuardLDM refuses a config whose schedule differs from the one the model was trained
+  with.
 
 Caveat for OOD numbers: both first stages were trained on OpenImages (the LDM VQ-f4; Stable Diffusion's KL-f8 VAE
 that DiT uses, before its LAION fine-tuning), which is also an OOD test set (OpenImage-O): reconstructions of that
@@ -21,13 +27,19 @@ set are not a clean far-OOD signal.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel
+from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
 from torch import Tensor, nn
 
+from ood_lightning.training.diffusion import EXPORT_INFO
+
 from .ldm_checkpoint import LatentDiffusionParts, load_ldm_checkpoint, load_ldm_parts
+
+# The diffguard.json fields that must equal the DiffGuardLDM config's schedule fields of the same names.
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
 
 
 class LatentDiffusionModel(nn.Module):
@@ -37,6 +49,7 @@ class LatentDiffusionModel(nn.Module):
     """
 
     null_class: int
+    training_schedule: dict | None = None  # the noise schedule the model was trained with, where the files say
 
     @property
     def num_classes(self) -> int:
@@ -130,6 +143,52 @@ class DiTModel(LatentDiffusionModel):
         return out[:, : self.transformer.config.in_channels].float()
 
 
+class PixelDiffusion(LatentDiffusionModel):
+    """A class-conditional pixel-space UNet2DModel (`num_class_embeds` = classes + 1, the last the null class), as
+    `configs/diffusion/` trains and exports it."""
+
+    def __init__(self, unet: UNet2DModel, info: dict):
+        super().__init__()
+        self.unet = unet
+        self.null_class = int(info["null_class"])
+        self.training_schedule = {key: info[key] for key in SCHEDULE_KEYS}
+        self.requires_grad_(False).eval()
+
+    @property
+    def num_classes(self) -> int:
+        return self.null_class
+
+    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+        side = self.unet.config.sample_size
+        if image_size != side:
+            raise ValueError(f"this diffusion model was trained on {side}x{side} images; image_size is {image_size}")
+        return self.unet.config.in_channels, side, side
+
+    def encode(self, images: Tensor) -> Tensor:
+        return images
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents.clamp(-1.0, 1.0)
+
+    def eps(self, latents: Tensor, t: int, labels: Tensor) -> Tensor:
+        timesteps = torch.full((len(latents),), t, dtype=torch.int64, device=latents.device)
+        return self.unet(latents, timesteps, class_labels=labels).sample.float()
+
+
+def load_pixel_diffusion(folder: str | Path) -> PixelDiffusion:
+    """The export folder of `configs/diffusion/` (a diffusers UNet2DModel folder with diffguard.json)."""
+    folder = Path(folder)
+    info = json.loads((folder / EXPORT_INFO).read_text())
+    if missing := [key for key in ("null_class", *SCHEDULE_KEYS) if key not in info]:
+        raise ValueError(f"{folder / EXPORT_INFO} lacks {missing}; re-export the model with this project's "
+                         "ClassConditionalDiffusion")
+    unet = UNet2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+    if unet.config.num_class_embeds != info["null_class"] + 1:
+        raise ValueError(f"{folder}: the UNet has {unet.config.num_class_embeds} class embeddings but "
+                         f"{EXPORT_INFO} names class {info['null_class']} as the null class (expected the last)")
+    return PixelDiffusion(unet, info)
+
+
 def load_dit(folder: str | Path) -> DiTModel:
     """A DiTPipeline folder (`transformer/` and `vae/` subfolders, as DiTPipeline.save_pretrained writes and the
     facebook/DiT-XL-2-256 repository holds); local files only. The hub's legacy `Transformer2DModel` config of the
@@ -150,7 +209,8 @@ def load_latent_model(path: str | Path) -> LatentDiffusionModel:
     """The back-end a local path holds:
     - a file: CompVis latent-diffusion's cin256-v2 `model.ckpt`, converted on load;
     - a folder with `ldm_parts.json`: the same model converted once by `ldm_checkpoint` (`save_ldm_parts`);
-    - a folder with `transformer/`: a diffusers DiTPipeline (e.g. DiT-XL-2-256).
+    - a folder with `transformer/`: a diffusers DiTPipeline (e.g. DiT-XL-2-256);
+    - a folder with `diffguard.json`: a pixel-space model trained by this project's `configs/diffusion/`.
     """
     p = Path(path)
     if p.is_file():
@@ -159,6 +219,8 @@ def load_latent_model(path: str | Path) -> LatentDiffusionModel:
         return CompVisLDM(load_ldm_parts(p))
     if (p / "transformer").is_dir():
         return load_dit(p)
+    if (p / EXPORT_INFO).is_file():
+        return load_pixel_diffusion(p)
     problem = "is a folder with neither layout" if p.is_dir() else "does not exist"
     raise FileNotFoundError(
         f"latent diffusion model not found: {p} {problem}. DiffGuard's classifier-free path needs one of: CompVis "
@@ -166,4 +228,5 @@ def load_latent_model(path: str | Path) -> LatentDiffusionModel:
         "https://github.com/CompVis/latent-diffusion, e.g. checkpoints/cin256-v2/model.ckpt); a folder converted "
         "from it by `python -m ood_lightning.detectors.diffguard.ldm_checkpoint` (ldm_parts.json, vqvae/, unet/); "
         "or a diffusers DiTPipeline folder with transformer/ and vae/ subfolders (e.g. a local copy of "
-        "facebook/DiT-XL-2-256 in checkpoints/DiT-XL-2-256). Nothing is downloaded.")
+        "facebook/DiT-XL-2-256 in checkpoints/DiT-XL-2-256); or the export folder of a model trained with "
+        "configs/diffusion/ (unet/ in its run folder, with diffguard.json). Nothing is downloaded.")

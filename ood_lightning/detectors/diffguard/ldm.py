@@ -127,7 +127,8 @@ class DiffGuardLDM(DiffGuardDetector):
 
     Args:
         diffusion_model: CompVis cin256-v2 `model.ckpt` (converted on load), a folder converted from it by
-            `ldm_checkpoint`, or a diffusers DiTPipeline folder (e.g. DiT-XL-2-256); see latent_models.py.
+            `ldm_checkpoint`, a diffusers DiTPipeline folder (e.g. DiT-XL-2-256), or the pixel-space export of
+            `configs/diffusion/` (a folder with diffguard.json); see latent_models.py.
         classifier: Classifier-under-protection, a key of ood_lightning.classifiers.CLASSIFIERS; it also gives
             the Grad-CAM. Its classes must be classes of the diffusion model.
         classifier_weights: Its local weight file; null = random initialisation (tests only).
@@ -199,6 +200,11 @@ class DiffGuardLDM(DiffGuardDetector):
                                                      num_train_timesteps, steps_offset, set_alpha_to_one)
         self.latent_model = load_latent_model(diffusion_model)
         self.latent_model.latent_shape(image_size)  # refuses a size the model cannot take, before any work
+        trained = self.latent_model.training_schedule or {}
+        if wrong := {key: (self.hparams[key], value) for key, value in trained.items() if self.hparams[key] != value}:
+            raise ValueError(f"{diffusion_model} was trained with a different noise schedule than this config's: "
+                             + ", ".join(f"{key} is {ours!r} here but {value!r} in training"
+                                         for key, (ours, value) in wrong.items()))
         if self.classifier.num_classes > self.latent_model.num_classes:
             raise ValueError(f"the classifier predicts {self.classifier.num_classes} classes but the diffusion model "
                              f"knows {self.latent_model.num_classes} (null class {self.latent_model.null_class}): "
