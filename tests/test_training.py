@@ -7,17 +7,21 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
+from diffguard_helpers import evaluate_args, run_evaluate
 from torch.utils.data import DataLoader
 
 import train
 from ood_lightning.classifiers import build_classifier
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+from ood_lightning.detectors.diffguard.latent_models import PixelDiffusion, load_latent_model
+from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM
 from ood_lightning.detectors.diffguard.models import load_pixel_unet
 from ood_lightning.safe_load import load_checkpoint
 from ood_lightning.training.classifier import ClassifierTraining
@@ -47,6 +51,8 @@ def run_train_py(root: Path, config: str, model: dict, steps: int) -> Path:
                           default_root_dir=str(root), enable_progress_bar=False, log_every_n_steps=1,
                           logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
                                   "init_args": {"save_dir": str(root)}})
+    for key in ("export_dir", "export_path"):  # the shipped paths are under runs/; here: the default, the run folder
+        cfg["model"]["init_args"].pop(key, None)
     cfg["model"]["init_args"].update(model)
     cfg["data"] = DIGITS
     path = root / "config.yaml"
@@ -93,6 +99,34 @@ def test_train_py_exports_an_ema_unet_diffguard_loads(diffusion_run):
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     expected = unet(x, torch.full((2,), gdm.schedule.timesteps[3]), class_labels=torch.full((2,), 5)).sample
     torch.testing.assert_close(gdm.eps(x, 3, torch.arange(2)), expected)
+
+
+def test_the_export_is_the_pixel_back_end_of_the_classifier_free_path(diffusion_run, tmp_path):
+    export = diffusion_run / "unet"
+    model = load_latent_model(export)
+    assert isinstance(model, PixelDiffusion) and model.null_class == 5 and model.num_classes == 5
+    x = torch.rand(2, 3, 16, 16) * 2.4 - 1.2
+    assert model.encode(x) is x and model.decode(x).abs().max() <= 1.0
+    torch.testing.assert_close(model.decode(x.clamp(-1, 1)), x.clamp(-1, 1))
+    labels = torch.tensor([5, 2])
+    unet = load_pixel_unet(str(export))
+    torch.testing.assert_close(model.eps(x, 41, labels),
+                               unet(x, torch.full((2,), 41), class_labels=labels).sample)
+    assert not torch.allclose(model.eps(x, 41, labels), model.eps(x, 41, torch.tensor([5, 3])))
+
+    common = dict(diffusion_model=str(export), classifier="cifar_resnet20", classifier_weights=None, num_classes=5,
+                  image_size=16, similarities=["l2"])
+    with pytest.raises(ValueError, match="beta_schedule is 'scaled_linear' here but 'linear' in training"):
+        DiffGuardLDM(**common)  # the released LDM schedule, not the one this model was trained with
+
+    init = {**common, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_steps": 10,
+            "similarities": ["logits_l1"], "grid_images": 4, "results_dir": str(tmp_path)}
+    run_evaluate(evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, tmp_path, 4, 6))
+    for name in ("id", "digits_5_9"):
+        with np.load(tmp_path / "scores" / f"{name}.npz") as scores:
+            assert len(scores["index"]) == 6 and np.isfinite(scores["score_logits_l1"]).all()
+            assert ((scores["extra_cam_area"] > 0) & (scores["extra_cam_area"] <= 1)).all()
+        assert (tmp_path / "grids" / f"{name}.png").is_file()
 
 
 def test_sample_grids_are_written_per_epoch(diffusion_run):
