@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import shutil
-import tarfile
 import time
 from pathlib import Path
 
@@ -31,19 +30,7 @@ from ood_lightning.detectors.lfdn.feature_cache import extract
 from ood_lightning.metrics import ood_metrics
 from ood_lightning.report import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def ensure_extracted(root: Path) -> None:
-    for archive, folder in (("cifar10.tar.gz", "cifar10"), ("tin.tar.gz", "tin"), ("mnist.tar.gz", "mnist")):
-        if not (root / folder).is_dir():
-            source = SHARED_DATA / archive
-            if not source.is_file():
-                raise SystemExit(f"{root / folder} is missing and {source} is not there to extract it from")
-            print(f"extracting {source} -> {root}")
-            with tarfile.open(source) as tar:
-                tar.extractall(root, filter="data")
+from common import REPO, ensure_extracted
 
 
 def knn_scores(train: torch.Tensor, test: torch.Tensor, k: int) -> np.ndarray:
