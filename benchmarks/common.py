@@ -2,11 +2,15 @@
 their output exists (an interrupted benchmark continues where it stopped), and the metric tables."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,23 +49,44 @@ def evaluate(config: str, out: Path, name: str, *extra: str) -> Stage:
                  folder / "results.json")
 
 
-def run_stages(stages: list[Stage], out: Path) -> dict[str, float]:
-    """Run each stage whose `done` file is missing, from the project root; the wall time of every stage is kept in
-    <out>/timings.json (a skipped stage keeps the time of the run that made its output)."""
+def run_stages(trainings: list[Stage], evaluations: list[Stage], out: Path, jobs: int = 1) -> dict[str, float]:
+    """Run, from the project root, each stage whose `done` file is missing: the trainings one after the other, then
+    the evaluations, `jobs` at a time (each with its share of the CPU threads and its output in <out>/<name>.log
+    when jobs > 1). The wall time of every stage is kept in <out>/timings.json; a skipped stage keeps the time of
+    the run that made its output."""
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    for stage in stages:
+    lock = threading.Lock()
+
+    def run(stage: Stage, env: dict[str, str] | None = None) -> None:
         if stage.done.exists():
             print(f"[{stage.name}] done already ({stage.done}); skipped")
-            continue
-        print(f"[{stage.name}] {' '.join(stage.command)}", flush=True)
+            return
+        log = out / f"{stage.name.replace(' ', '_')}.log" if env else None
+        print(f"[{stage.name}] {' '.join(stage.command)}" + (f"  (output: {log})" if log else ""), flush=True)
         start = time.perf_counter()
-        subprocess.run([sys.executable, *stage.command], cwd=REPO, check=True)
+        with open(log, "w") if log else contextlib.nullcontext() as output:
+            subprocess.run([sys.executable, *stage.command], cwd=REPO, check=True, env=env, stdout=output,
+                           stderr=subprocess.STDOUT if log else None)
         if not stage.done.exists():
             raise SystemExit(f"[{stage.name}] finished without writing {stage.done}")
-        timings[stage.name] = round(time.perf_counter() - start, 1)
-        atomic_write_text(timings_file, json.dumps(timings, indent=2) + "\n")
-    return timings
+        with lock:
+            timings[stage.name] = round(time.perf_counter() - start, 1)
+            atomic_write_text(timings_file, json.dumps(timings, indent=2) + "\n")
+        print(f"[{stage.name}] finished in {minutes(timings[stage.name])}", flush=True)
+
+    for stage in trainings:
+        run(stage)
+    if jobs == 1:
+        for stage in evaluations:
+            run(stage)
+    else:
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        with ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(run, stage, env) for stage in evaluations]:
+                future.result()
+    return {stage.name: timings[stage.name] for stage in trainings + evaluations if stage.name in timings}
 
 
 def metric_rows(results_file: Path, method: str, score: str, ood_sets: list[str]) -> list[dict]:

@@ -6,7 +6,8 @@ be downloaded here, so this trains one (configs/diffusion/cifar10_jpeg.yaml: 1.6
 10,000-image subset) for a fixed number of optimizer steps, as long as a CPU run allows, then scores a seeded subset
 of every test set with the classifier baselines (MSP, MaxLogit, Energy, KNN on the same 10,000 training images),
 DiffGuard's classifier-guided path (configs/diffguard/cifar10_gdm.yaml: the released GDM algorithm, logits-L1
-distance as the paper uses for CIFAR) and its oracle.
+distance as the paper uses for CIFAR) and its oracle, and the classifier-free path on the same model through the
+pixel back-end (configs/diffguard/cifar10_cfg.yaml), with and without the Grad-CAM mask.
 
     python benchmarks/diffguard_cifar10.py                    # extracts ../shared/data into data/ if needed
     python benchmarks/diffguard_cifar10.py --train-steps 5000 --eval-subset 500
@@ -43,48 +44,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_cifar10", help="trained model and runs")
-    parser.add_argument("--train-steps", type=int, default=900, help="optimizer steps of the diffusion model")
-    parser.add_argument("--eval-subset", type=int, default=100, help="images per test set (seeded subset)")
+    parser.add_argument("--train-steps", type=int, default=628,
+                        help="optimizer steps of the diffusion model (628 = 4 epochs of the 10,000 images)")
+    parser.add_argument("--eval-subset", type=int, default=50, help="images per test set (seeded subset)")
+    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time (each gets its share "
+                        "of the CPU threads)")
     args = parser.parse_args()
     ensure_extracted(args.root)
     out = args.out.resolve()
     data = ["--data.root", str(args.root), "--data.eval_subset", str(args.eval_subset)]
     gdm = ["--model.init_args.diffusion_model", str(out / "unet"), "--model.init_args.null_class", "10"]
-    stages = [
+    cfg = ["--model.init_args.diffusion_model", str(out / "unet")]
+    trainings = [
         Stage("train diffusion", ["train.py", "--config", "configs/diffusion/cifar10_jpeg.yaml", "--data.root",
                                   str(args.root), "--trainer.max_steps", str(args.train_steps),
                                   "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "10",
                                   "--trainer.default_root_dir", str(out / "diffusion"),
                                   "--model.init_args.export_dir", str(out / "unet")], out / "unet" / "diffguard.json"),
+    ]
+    evaluations = [
         evaluate("configs/baselines/cifar10_jpeg_densenet.yaml", out, "baselines", *data,
                  "--data.train_subset", "10000", "--model.init_args.scores", "[msp, mls, ebo, knn]"),
         evaluate("configs/diffguard/cifar10_gdm.yaml", out, "gdm", *gdm, *data),
         evaluate("configs/diffguard/cifar10_gdm.yaml", out, "gdm_oracle", *gdm, *data,
                  "--model.init_args.oracle", "true"),
+        evaluate("configs/diffguard/cifar10_cfg.yaml", out, "cfg", *cfg, *data),
+        evaluate("configs/diffguard/cifar10_cfg.yaml", out, "cfg_no_mask", *cfg, *data,
+                 "--model.init_args.use_cam", "false"),
     ]
-    timings = run_stages(stages, out)
+    timings = run_stages(trainings, evaluations, out, args.jobs)
 
     rows = []
     for method, score in (("MSP", "msp"), ("MaxLogit", "mls"), ("Energy", "ebo"), ("KNN (k=50)", "knn")):
         rows += metric_rows(out / "baselines" / "results.json", method, score, OOD_SETS)
-    for method, run in (("DiffGuard GDM (classifier guidance)", "gdm"), ("DiffGuard GDM, oracle", "gdm_oracle")):
+    for method, run in (("DiffGuard GDM (classifier guidance)", "gdm"), ("DiffGuard GDM, oracle", "gdm_oracle"),
+                        ("DiffGuard CFG + Grad-CAM mask", "cfg"), ("DiffGuard CFG, no mask", "cfg_no_mask")):
         rows += metric_rows(out / run / "results.json", method, "logits_l1", OOD_SETS)
 
     figure = RESULTS / "diffguard_cifar10_grid.png"
     figure_rows, captions = [], []
-    for dataset in ("id", "tin"):
-        tiles = grid_rows(out / "gdm" / "grids" / f"{dataset}.png", 32, [0, 1, 2])
-        name = "CIFAR-10" if dataset == "id" else "TIN (OOD)"
-        figure_rows += [(f"{name} input", tiles[0][:6]), ("unguided twin", tiles[1][:6]), ("GDM synthesis",
-                                                                                             tiles[2][:6])]
-        captions.append(predictions(out / "gdm", dataset)[:6])
-    labelled_figure(figure_rows, [f"{CLASSES[a][:5]}/{CLASSES[b][:5]}" for a, b in zip(*captions)], figure, scale=3)
+    for dataset, name in (("id", "CIFAR-10"), ("tin", "TIN (OOD)")):
+        gdm_tiles = grid_rows(out / "gdm" / "grids" / f"{dataset}.png", 32, [0, 2])
+        cfg_tiles = grid_rows(out / "cfg" / "grids" / f"{dataset}.png", 32, [1, 2])
+        figure_rows += [(f"{name} input", gdm_tiles[0]), ("GDM synthesis", gdm_tiles[1]),
+                        ("CFG + mask synthesis", cfg_tiles[0]), ("Grad-CAM mask", cfg_tiles[1])]
+        captions.append(predictions(out / "gdm", dataset))
+    labelled_figure(figure_rows, [f"{CLASSES[a][:5]}/{CLASSES[b][:5]}" for a, b in zip(*captions)][:8], figure,
+                    scale=3)
 
     info = json.loads((out / "unet" / "diffguard.json").read_text())
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     size_mb = sum(p.stat().st_size for p in (out / "unet").glob("*.safetensors")) / 1e6
     lines = [
-        f"DiffGuard (classifier guidance, logits-L1) on the CIFAR-10 JPEGs against Tiny-ImageNet (near) and MNIST "
+        f"DiffGuard (logits-L1) on the CIFAR-10 JPEGs against Tiny-ImageNet (near) and MNIST "
         f"(far): {args.eval_subset} seeded images per test set, the real DenseNet-BC-100 for every row; the diffusion "
         f"model ({unet_config['block_out_channels']} channels, {size_mb:.1f} MB of weights) trained here for "
         f"{info['ema_updates']} steps of 64 images on 10,000 training images. "

@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_mnist", help="trained models and runs")
     parser.add_argument("--eval-subset", type=int, default=200, help="images per test set (seeded subset)")
+    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time (each gets its share "
+                        "of the CPU threads)")
     args = parser.parse_args()
     ensure_extracted(args.root)
     out = args.out.resolve()
@@ -72,13 +74,15 @@ def main() -> None:
               "--data.ood", json.dumps({"sevens": str(out / "sevens_data" / "sevens")}),
               "--model.init_args.grid_images", "8"]
     sevens_data(args.root, out / "sevens_data")
-    stages = [
+    trainings = [
         Stage("train classifier", ["train.py", "--config", "configs/classifier/mnist_0_4.yaml", "--data.root",
                                    str(args.root), "--trainer.default_root_dir", str(out / "classifier"),
                                    "--model.init_args.export_path", str(out / "classifier.pt")], out / "classifier.pt"),
         Stage("train diffusion", ["train.py", "--config", "configs/diffusion/mnist_0_4.yaml", "--data.root",
                                   str(args.root), "--trainer.default_root_dir", str(out / "diffusion"),
                                   "--model.init_args.export_dir", str(out / "unet")], out / "unet" / "diffguard.json"),
+    ]
+    evaluations = [
         evaluate("configs/baselines/mnist_0_4.yaml", out, "baselines", *trained, *data),
         evaluate("configs/diffguard/mnist_0_4_cfg.yaml", out, "cfg", *trained, *diffusion, *data),
         evaluate("configs/diffguard/mnist_0_4_cfg.yaml", out, "cfg_no_mask", *trained, *diffusion, *data,
@@ -93,7 +97,7 @@ def main() -> None:
                  "--model.init_args.use_cam", "false"),
         evaluate("configs/diffguard/mnist_0_4_gdm.yaml", out, "sevens_gdm", *trained, *diffusion, *sevens),
     ]
-    timings = run_stages(stages, out)
+    timings = run_stages(trainings, evaluations, out, args.jobs)
 
     rows = []
     for method, score in (("MSP", "msp"), ("MaxLogit", "mls"), ("Energy", "ebo"), ("KNN (k=50)", "knn")):
