@@ -14,12 +14,14 @@ pixel back-end (configs/diffguard/cifar10_cfg.yaml), with and without the Grad-C
 
 Every stage is a train.py / evaluate.py command printed before it runs, and is skipped when its output is already
 in --out, so an interrupted run continues (delete --out to start from scratch). Writes
-benchmarks/results/diffguard_cifar10.{md,json} and diffguard_cifar10_grid.png.
+benchmarks/results/diffguard_cifar10.{md,json}, diffguard_cifar10_grid.png (inputs and re-syntheses) and
+diffguard_cifar10_samples.png (the diffusion model's samples after its last epoch).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,7 @@ def main() -> None:
         Stage("train diffusion", ["train.py", "--config", "configs/diffusion/cifar10_jpeg.yaml", "--data.root",
                                   str(args.root), "--trainer.max_steps", str(args.train_steps),
                                   "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "10",
+                                  "--model.init_args.sample_every_n_epochs", "1",
                                   "--trainer.default_root_dir", str(out / "diffusion"),
                                   "--model.init_args.export_dir", str(out / "unet")], out / "unet" / "diffguard.json"),
     ]
@@ -92,6 +95,9 @@ def main() -> None:
     labelled_figure(figure_rows, [f"{CLASSES[a][:5]}/{CLASSES[b][:5]}" for a, b in zip(*captions)][:8], figure,
                     scale=3)
 
+    samples = RESULTS / "diffguard_cifar10_samples.png"  # the last epoch's grid: rows = the 10 classes, then none
+    shutil.copy(sorted((out / "diffusion").glob("lightning_logs/version_*/samples/epoch_*.png"))[-1], samples)
+
     info = json.loads((out / "unet" / "diffguard.json").read_text())
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     size_mb = sum(p.stat().st_size for p in (out / "unet").glob("*.safetensors")) / 1e6
@@ -110,7 +116,8 @@ def main() -> None:
         f"| **all** | **{minutes(sum(timings.values()))}** |",
         "",
         f"Figure: `benchmarks/results/{figure.name}`; columns captioned with the DenseNet's prediction on the "
-        "CIFAR-10 image / on the TIN image above each other.",
+        "CIFAR-10 image / on the TIN image above each other. The diffusion model's own samples (guidance scale 3, "
+        f"rows: the 10 classes, then unconditional): `benchmarks/results/{samples.name}`.",
     ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
