@@ -13,11 +13,11 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from ood_lightning.classifiers import CLASSIFIERS, build_classifier
+from ood_lightning.resume import resumable_checkpoints
 
 
 def augment(images: Tensor, crop_padding: int, horizontal_flip: bool) -> Tensor:
@@ -115,7 +115,7 @@ class ClassifierTraining(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
     def configure_callbacks(self):
-        return [ModelCheckpoint(save_last=True)]  # last.ckpt to resume from
+        return resumable_checkpoints()  # last.ckpt + RNG states: an exact resume
 
     def on_fit_start(self) -> None:
         """Check the class count against the training set, before any work; find the run folder (every rank)."""

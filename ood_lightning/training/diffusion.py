@@ -19,13 +19,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torchvision.utils import save_image
 
 from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_noise, sample_seed
 from ood_lightning.report import atomic_write, atomic_write_text
+from ood_lightning.resume import resumable_checkpoints
 from ood_lightning.wandb_logging import log_image_grid
 
 EXPORT_INFO = "diffguard.json"
@@ -191,7 +191,7 @@ class ClassConditionalDiffusion(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
     def configure_callbacks(self):
-        return [ModelCheckpoint(save_last=True)]  # last.ckpt to resume from; it carries the EMA
+        return resumable_checkpoints()  # last.ckpt + RNG states; it carries the EMA
 
     def on_fit_start(self) -> None:
         """Check the class count against the training set, before any work; find the run folder (every rank)."""

@@ -12,7 +12,6 @@ import copy
 
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from ood_lightning.backbones import MultiLayerFeatures, group_zscore
@@ -24,6 +23,7 @@ from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_noise
+from ood_lightning.resume import resumable_checkpoints
 
 
 class LFDNDetector(OODDetector):
@@ -128,7 +128,7 @@ class LFDNDetector(OODDetector):
 
     def configure_callbacks(self):
         # last.ckpt for resuming; it also carries the first-epoch EMA that the LR score needs.
-        return [ModelCheckpoint(save_last=True)]
+        return resumable_checkpoints()
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -1,0 +1,74 @@
+"""A training run killed with SIGKILL mid-epoch and restarted with `--ckpt_path last` ends at the same weights as one
+never interrupted: train.py in subprocesses on a tiny LFDN (digits, 4 optimizer steps per epoch, 3 epochs)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from ood_lightning.safe_load import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+KILL_AT_STEP = 6  # in the middle of epoch 1; last.ckpt then holds the end of epoch 0 (step 4)
+
+
+class SigkillAtStep(L.Callback):
+    """Kills its own process, with no chance to clean up, once `step` optimizer steps are done."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train(root: Path, *extra: str, callbacks: list | None = None) -> subprocess.CompletedProcess:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 3, "accelerator": "cpu", "default_root_dir": str(root), "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "callbacks": callbacks or []},
+        "model": {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": {
+            "backbone": {"class_path": "ood_lightning.backbones.MultiLayerFeatures",
+                         "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
+            "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(root / "cache"), "results_dir": str(root)}},
+        "data": {"benchmark": "digits", "image_size": 32, "batch_size": 16, "train_subset": 64, "eval_subset": 8,
+                 "num_workers": 0},
+    }
+    (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(root / "config.yaml"), *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_mid_epoch_then_resume_ends_at_the_uninterrupted_weights(tmp_path):
+    straight = train(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    crashed = tmp_path / "crashed"
+    killed = train(crashed, callbacks=[{"class_path": "test_resume.SigkillAtStep", "init_args": {"step": KILL_AT_STEP}}])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoints = crashed / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # nothing partial
+    assert not (crashed / "results.json").exists()
+
+    resumed = train(crashed, "--ckpt_path", "last")  # the same config, without the killer
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    got = load_checkpoint(checkpoints / "last.ckpt")
+    assert (got["epoch"], got["global_step"]) == (expected["epoch"], expected["global_step"]) == (2, 12)
+    assert expected["state_dict"].keys() == got["state_dict"].keys()
+    for key, value in expected["state_dict"].items():  # net, EMA and the epoch-0 EMA that the LR score needs
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    first = {k: v for k, v in expected["state_dict"].items() if k.startswith("ema_first.")}
+    assert first and any(not torch.equal(v, expected["state_dict"]["ema." + k[len("ema_first."):]])
+                         for k, v in first.items()), "the epoch-0 EMA must be kept apart from the final EMA"
+    assert (crashed / "results.json").is_file()  # the resumed run went on to evaluate
