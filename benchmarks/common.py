@@ -18,6 +18,7 @@ from ood_lightning.report import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+PARALLEL_WALL = "evaluations side by side (wall time)"
 
 
 def ensure_extracted(root: Path, folders: tuple[str, ...] = ("cifar10", "tin", "mnist")) -> None:
@@ -83,10 +84,30 @@ def run_stages(trainings: list[Stage], evaluations: list[Stage], out: Path, jobs
     else:
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
         env = {**os.environ, "OMP_NUM_THREADS": threads}
+        start = time.perf_counter()
+        pending = [stage for stage in evaluations if not stage.done.exists()]
         with ThreadPoolExecutor(jobs) as pool:
             for future in [pool.submit(run, stage, env) for stage in evaluations]:
                 future.result()
-    return {stage.name: timings[stage.name] for stage in trainings + evaluations if stage.name in timings}
+        if pending:
+            timings[PARALLEL_WALL] = round(time.perf_counter() - start, 1)
+            atomic_write_text(timings_file, json.dumps(timings, indent=2) + "\n")
+    names = [stage.name for stage in trainings + evaluations] + [PARALLEL_WALL]
+    return {name: timings[name] for name in names if name in timings}
+
+
+def timing_rows(timings: dict[str, float]) -> list[str]:
+    """The stage times as table rows, and the total: the sum of the stages, or the trainings plus the wall time of
+    the evaluations when they ran side by side."""
+    stages = {name: seconds for name, seconds in timings.items() if name != PARALLEL_WALL}
+    trainings = sum(seconds for name, seconds in stages.items() if name.startswith("train"))
+    rows = [f"| {name} | {minutes(seconds)} |" for name, seconds in stages.items()]
+    if PARALLEL_WALL in timings:
+        rows.append(f"| {PARALLEL_WALL} | {minutes(timings[PARALLEL_WALL])} |")
+        total = trainings + timings[PARALLEL_WALL]
+    else:
+        total = sum(stages.values())
+    return rows + [f"| **all** (trainings: {minutes(trainings)}) | **{minutes(total)}** |"]
 
 
 def metric_rows(results_file: Path, method: str, score: str, ood_sets: list[str]) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, minutes, run_stages)
+                    metric_rows, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
@@ -110,10 +110,9 @@ def main() -> None:
         "",
         *markdown_table(rows, OOD_SETS),
         "",
-        "| stage (wall time, 2 CPU cores) | time |",
+        "| stage (wall time on 2 CPU cores) | time |",
         "|---|---:|",
-        *[f"| {name} | {minutes(seconds)} |" for name, seconds in timings.items()],
-        f"| **all** | **{minutes(sum(timings.values()))}** |",
+        *timing_rows(timings),
         "",
         f"Figure: `benchmarks/results/{figure.name}`; columns captioned with the DenseNet's prediction on the "
         "CIFAR-10 image / on the TIN image above each other. The diffusion model's own samples (guidance scale 3, "

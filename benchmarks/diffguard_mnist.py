@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, minutes, run_stages)
+                    metric_rows, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
@@ -119,7 +119,6 @@ def main() -> None:
                     [f"pred. {p}" for p in predictions[:8]], figure)
 
     accuracy = final_val_accuracy(out / "classifier")
-    trainings = timings.get("train classifier", 0) + timings.get("train diffusion", 0)
     lines = [
         f"DiffGuard on MNIST digits 0-4 (in distribution) against digits 5-9, Tiny-ImageNet and CIFAR-10: "
         f"{args.eval_subset} seeded images per test set, 16 px, logits-L1 distance for DiffGuard, the same "
@@ -129,10 +128,9 @@ def main() -> None:
         "",
         *markdown_table(rows, OOD_SETS),
         "",
-        "| stage (wall time, 2 CPU cores) | time |",
+        "| stage (wall time on 2 CPU cores) | time |",
         "|---|---:|",
-        *[f"| {name} | {minutes(seconds)} |" for name, seconds in timings.items()],
-        f"| **all** (trainings: {minutes(trainings)}) | **{minutes(sum(timings.values()))}** |",
+        *timing_rows(timings),
         "",
         f"Figure: `benchmarks/results/{figure.name}`; the first eight 7s of the OOD set, the classifier's "
         f"predictions on top ({', '.join(map(str, predictions[:8]))}).",
