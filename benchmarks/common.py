@@ -2,6 +2,7 @@
 their output exists (an interrupted benchmark continues where it stopped), and the metric tables."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -19,6 +20,17 @@ from ood_lightning.report import atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PARALLEL_WALL = "evaluations side by side (wall time)"
+
+
+def proof_arguments(description: str, out: str, eval_subset: int) -> argparse.ArgumentParser:
+    """The options every DiffGuard proof takes: where the data and the runs go, the test-set size, parallelism."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / out, help="trained models and runs")
+    parser.add_argument("--eval-subset", type=int, default=eval_subset, help="images per test set (seeded subset)")
+    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time (each gets its share "
+                        "of the CPU threads)")
+    return parser
 
 
 def ensure_extracted(root: Path, folders: tuple[str, ...] = ("cifar10", "tin", "mnist")) -> None:

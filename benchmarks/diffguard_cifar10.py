@@ -19,7 +19,6 @@ diffguard_cifar10_samples.png (the diffusion model's samples after its last epoc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, run_stages, timing_rows)
+                    metric_rows, proof_arguments, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
@@ -43,14 +42,9 @@ def predictions(run: Path, dataset: str) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_cifar10", help="trained model and runs")
+    parser = proof_arguments(__doc__, out="bench_cifar10", eval_subset=50)
     parser.add_argument("--train-steps", type=int, default=628,
                         help="optimizer steps of the diffusion model (628 = 4 epochs of the 10,000 images)")
-    parser.add_argument("--eval-subset", type=int, default=50, help="images per test set (seeded subset)")
-    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time (each gets its share "
-                        "of the CPU threads)")
     args = parser.parse_args()
     ensure_extracted(args.root)
     out = args.out.resolve()

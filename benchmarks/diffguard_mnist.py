@@ -5,11 +5,11 @@ mnist_0_4 preset: a fixed split of ../shared/data/mnist.tar.gz by file number). 
 classifier-under-protection (configs/classifier/mnist_0_4.yaml) and the class-conditional diffusion model
 (configs/diffusion/mnist_0_4.yaml) on the in-distribution training part, then scores a seeded subset of every test
 set with the classifier baselines (MSP, MaxLogit, Energy, KNN), DiffGuard's classifier-guided path (GDM), its
-classifier-free path with the Grad-CAM mask (CFG, the pixel back-end) and the oracle of each; last, both DiffGuard
-paths re-synthesise the first eight 7s of the OOD set (by file number, not picked) for the figure.
+classifier-free path (CFG, the pixel back-end) with the Grad-CAM mask and without it, and the oracle of each path;
+last, both paths re-synthesise the first eight 7s of the OOD set (by file number, not picked) for the figure.
 
     python benchmarks/diffguard_mnist.py                      # extracts ../shared/data into data/ if needed
-    python benchmarks/diffguard_mnist.py --eval-subset 100 --out runs/bench_mnist_small
+    python benchmarks/diffguard_mnist.py --eval-subset 100 --out runs/bench_mnist_small --jobs 2
 
 Every stage is a train.py / evaluate.py command printed before it runs, and is skipped when its output is already
 in --out, so an interrupted run continues (delete --out to start from scratch). Writes
@@ -17,7 +17,6 @@ benchmarks/results/diffguard_mnist.{md,json} and diffguard_mnist_sevens.png.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, run_stages, timing_rows)
+                    metric_rows, proof_arguments, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
@@ -58,12 +57,7 @@ def final_val_accuracy(run_root: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_mnist", help="trained models and runs")
-    parser.add_argument("--eval-subset", type=int, default=200, help="images per test set (seeded subset)")
-    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time (each gets its share "
-                        "of the CPU threads)")
+    parser = proof_arguments(__doc__, out="bench_mnist", eval_subset=200)
     args = parser.parse_args()
     ensure_extracted(args.root)
     out = args.out.resolve()
