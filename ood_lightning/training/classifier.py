@@ -6,7 +6,6 @@ file as `classifier_weights` unchanged. The architecture's own input normalisati
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from ood_lightning.classifiers import CLASSIFIERS, build_classifier
+from ood_lightning.report import atomic_write
 from ood_lightning.resume import resumable_checkpoints
 
 
@@ -131,10 +131,8 @@ class ClassifierTraining(L.LightningModule):
             self.export(self.hparams.export_path or self._run_dir / "classifier.pt")
 
     def export(self, path: str | Path) -> Path:
-        """The network's state dict (no wrapper prefix), written under a temporary name and renamed."""
+        """The network's state dict (no wrapper prefix), written whole or not at all."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.classifier.net.state_dict(), tmp)
-        os.replace(tmp, path)
+        state = self.classifier.net.state_dict()
+        atomic_write(path, lambda f: torch.save(state, f))
         return path

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ood_lightning.training.diffusion import EXPORT_INFO
 
 from .ldm_checkpoint import LatentDiffusionParts, load_ldm_checkpoint, load_ldm_parts
+from .models import load_pixel_unet
 
 # The diffguard.json fields that must equal the DiffGuardLDM config's schedule fields of the same names.
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
@@ -182,7 +183,7 @@ def load_pixel_diffusion(folder: str | Path) -> PixelDiffusion:
     if missing := [key for key in ("null_class", *SCHEDULE_KEYS) if key not in info]:
         raise ValueError(f"{folder / EXPORT_INFO} lacks {missing}; re-export the model with this project's "
                          "ClassConditionalDiffusion")
-    unet = UNet2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+    unet = load_pixel_unet(str(folder))
     if unet.config.num_class_embeds != info["null_class"] + 1:
         raise ValueError(f"{folder}: the UNet has {unet.config.num_class_embeds} class embeddings but "
                          f"{EXPORT_INFO} names class {info['null_class']} as the null class (expected the last)")
