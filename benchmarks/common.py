@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ood_lightning.report import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +133,12 @@ def metric_rows(results_file: Path, method: str, score: str, ood_sets: list[str]
         rows.append({"method": method, "ood": ood, "auroc": 100 * m["auroc"], "fpr95": 100 * m["fpr95"],
                      "fpr95_openood": 100 * m["fpr95_openood"], "n_id": m["n_id"], "n_ood": m["n_ood"]})
     return rows
+
+
+def predictions(run: Path, dataset: str) -> list[int]:
+    """A DiffGuard run's per-image predictions on a set, in loader order (the order its grids show)."""
+    with np.load(run / "scores" / f"{dataset}.npz") as scores:
+        return scores["extra_prediction"][np.argsort(scores["index"])].tolist()
 
 
 def markdown_table(rows: list[dict], ood_sets: list[str]) -> list[str]:

@@ -21,24 +21,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
-
-import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, proof_arguments, run_stages, timing_rows)
+                    metric_rows, predictions, proof_arguments, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
 OOD_SETS = ["tin", "mnist"]
 RESULTS = REPO / "benchmarks" / "results"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def predictions(run: Path, dataset: str) -> list[int]:
-    """Per-image predictions in loader order (the grids show the first images of that order)."""
-    with np.load(run / "scores" / f"{dataset}.npz") as scores:
-        return scores["extra_prediction"][np.argsort(scores["index"])].tolist()
 
 
 def main() -> None:

@@ -22,10 +22,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
-                    metric_rows, proof_arguments, run_stages, timing_rows)
+                    metric_rows, predictions, proof_arguments, run_stages, timing_rows)
 
 from ood_lightning.report import atomic_write_text
 
@@ -100,9 +98,7 @@ def main() -> None:
                         ("DiffGuard CFG + Grad-CAM mask", "cfg"), ("DiffGuard CFG, no mask", "cfg_no_mask"),
                         ("DiffGuard CFG, oracle (no mask)", "cfg_oracle")):
         rows += metric_rows(out / run / "results.json", method, "logits_l1", OOD_SETS)
-    with np.load(out / "sevens_cfg" / "scores" / "sevens.npz") as scores:
-        order = np.argsort(scores["index"])
-        predictions = scores["extra_prediction"][order].tolist()
+    sevens_predictions = predictions(out / "sevens_cfg", "sevens")
     figure = RESULTS / "diffguard_mnist_sevens.png"
     cfg_rows = grid_rows(out / "sevens_cfg" / "grids" / "sevens.png", 16, [0, 1, 2])
     no_mask_rows = grid_rows(out / "sevens_cfg_no_mask" / "grids" / "sevens.png", 16, [1])
@@ -110,7 +106,7 @@ def main() -> None:
     labelled_figure([("OOD input", cfg_rows[0]), ("CFG + mask synthesis", cfg_rows[1]),
                      ("Grad-CAM mask", cfg_rows[2]), ("CFG, no mask", no_mask_rows[0]),
                      ("GDM synthesis", gdm_rows[0])],
-                    [f"pred. {p}" for p in predictions[:8]], figure)
+                    [f"pred. {p}" for p in sevens_predictions[:8]], figure)
 
     accuracy = final_val_accuracy(out / "classifier")
     lines = [
@@ -127,14 +123,14 @@ def main() -> None:
         *timing_rows(timings),
         "",
         f"Figure: `benchmarks/results/{figure.name}`; the first eight 7s of the OOD set, the classifier's "
-        f"predictions on top ({', '.join(map(str, predictions[:8]))}).",
+        f"predictions on top ({', '.join(map(str, sevens_predictions[:8]))}).",
     ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     atomic_write_text(RESULTS / "diffguard_mnist.md", text)
     atomic_write_text(RESULTS / "diffguard_mnist.json", json.dumps(
-        {"eval_subset": args.eval_subset, "rows": rows, "timings_s": timings, "sevens_predictions": predictions,
-         "id_accuracy": accuracy}, indent=2) + "\n")
+        {"eval_subset": args.eval_subset, "rows": rows, "timings_s": timings,
+         "sevens_predictions": sevens_predictions, "id_accuracy": accuracy}, indent=2) + "\n")
     print(f"written to {RESULTS / 'diffguard_mnist.md'}")
 
 
