@@ -1,5 +1,4 @@
 """Decoding: every image mode becomes 8-bit RGB; unreadable files are skipped, reported and never crash a loader."""
-import io
 import logging
 
 import numpy as np

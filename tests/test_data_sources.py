@@ -101,7 +101,7 @@ def test_image_list_happy_path(tmp_path):
 def test_image_list_malformed_line_names_file_and_line(tmp_path, bad):
     write_image(tmp_path / "data" / "set" / "a.png")
     list_file = _image_list(tmp_path, ["set/a.png 0", "", bad])
-    with pytest.raises(ValueError, match=rf"test_x\.txt, line 3"):
+    with pytest.raises(ValueError, match=r"test_x\.txt, line 3"):
         ImageListSource(list_file, tmp_path / "data")
 
 
