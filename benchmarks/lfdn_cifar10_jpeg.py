@@ -45,14 +45,14 @@ def time_uncached_epoch(model: LFDNDetector, dm: OODDataModule, images, max_batc
 
     Timed over `max_batches` batches of images and scaled to the epoch's batch count.
     """
-    loader = dm.loader(images, shuffle=True)
+    loader = dm.loader(images, sampler=dm.training_order(images))
     net = copy.deepcopy(model.net)  # leave the trained weights alone
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     start, n = time.perf_counter(), 0
     for batch in loader:
         z = group_zscore(model.backbone(batch["image"]), model.group_sizes)
-        t = model.schedule.sample_timesteps(len(z))
-        loss = model.schedule.training_loss(net, z, t, torch.randn_like(z))
+        t, noise = model.training_noise(batch["index"], z)
+        loss = model.schedule.training_loss(net, z, t, noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -46,3 +46,12 @@ def sample_noise(
     ]
     out = torch.stack(rows) if rows else torch.empty((0, *shape))
     return out.to(device=device, dtype=dtype)
+
+
+def sample_integers(high: int, indices: Tensor | Sequence[int], *, seed: int, stream: str, device=None) -> Tensor:
+    """Integers in [0, high) as int64 [B], entry b determined by (seed, stream, indices[b]) alone (e.g. timesteps).
+
+    The 64-bit sample seed modulo ``high``: uniform up to a bias below high / 2**64.
+    """
+    values = [sample_seed(seed, stream, i) % int(high) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+    return torch.tensor(values, dtype=torch.int64, device=device)

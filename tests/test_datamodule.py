@@ -76,6 +76,21 @@ def test_train_loader_covers_every_train_sample(tmp_path):
     assert loader.drop_last is False and loader.batch_size == 3
 
 
+def test_training_order_comes_from_seed_and_epoch_not_the_global_generator(tmp_path):
+    dm = _folders_module(tmp_path)
+    dm.setup("fit")
+
+    def order(global_seed: int, epoch: int) -> list[int]:
+        torch.manual_seed(global_seed)  # whatever consumed global random numbers before (e.g. a cache build)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # Lightning does this every epoch
+        return torch.cat([batch["index"] for batch in loader]).tolist()
+
+    assert order(0, 0) == order(123, 0)
+    assert order(0, 0) != order(0, 1) and sorted(order(0, 1)) == list(range(10))
+    assert order(0, 0) != list(range(10))  # shuffled
+
+
 def test_corrupt_test_images_are_reported_not_dropped_silently(tmp_path):
     dm = _folders_module(tmp_path)
     write_corrupt_files(tmp_path / "ood_b")

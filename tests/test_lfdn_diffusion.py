@@ -155,7 +155,7 @@ def test_reconstruction_is_per_sample(schedule):
 
 
 # ---- per-sample noise (ood_lightning/noise.py), which feeds reconstruct() ---------------------------------
-from ood_lightning.noise import sample_noise  # noqa: E402
+from ood_lightning.noise import sample_integers, sample_noise  # noqa: E402
 
 
 def test_sample_noise_does_not_depend_on_batch():
@@ -185,3 +185,12 @@ def test_sample_noise_dtype_device_and_empty():
     assert sample_noise((3,), torch.tensor([], dtype=torch.long), seed=0, stream="s").shape == (0, 3)
     with pytest.raises(TypeError):
         sample_noise((3,), torch.tensor([1.0]), seed=0, stream="s")
+
+
+def test_sample_integers_are_per_sample_in_range_and_spread():
+    values = sample_integers(100, torch.arange(2000), seed=0, stream="train/lfdn/epoch0/t")
+    assert values.dtype == torch.int64 and values.shape == (2000,)
+    assert 0 <= values.min() and values.max() < 100 and len(values.unique()) == 100  # every timestep is drawn
+    again = sample_integers(100, [1999, 7], seed=0, stream="train/lfdn/epoch0/t")
+    assert again.tolist() == [values[1999].item(), values[7].item()]  # a sample's value ignores its batch
+    assert not torch.equal(sample_integers(100, torch.arange(2000), seed=0, stream="train/lfdn/epoch1/t"), values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .benchmarks import build_benchmark, default_transform
 from .sources import subset
@@ -67,7 +67,7 @@ class OODDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0 reads in the main process).
         train_subset: Keep a seeded random sample of this many train images (None: all).
         eval_subset: Keep a seeded random sample of this many images of every test set (None: all).
-        seed: Seed of the subsets.
+        seed: Seed of the subsets and of the training order.
         download: Let presets with torchvision sets (lfdn_*) download CIFAR/SVHN; nothing is ever downloaded
             otherwise.
         id_train: folders preset: folder of in-distribution train images (optional).
@@ -132,22 +132,35 @@ class OODDataModule(L.LightningDataModule):
         self.id_name = benchmark.id_name
         self._built = True
 
-    def loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+    def loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         """The one loader factory: never drops samples; workers persist across epochs; pinned memory only with CUDA.
 
-        Datasets held in memory (``in_memory = True``, e.g. cached features) are read in the main process:
-        workers only help decoding, and their extra threads slow a 2-core machine down.
+        Without a sampler the loader reads the dataset in order. Datasets held in memory (``in_memory = True``,
+        e.g. cached features) are read in the main process: workers only help decoding, and their extra threads
+        slow a 2-core machine down.
         """
         workers = 0 if getattr(dataset, "in_memory", False) else self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=False,
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False,
                           num_workers=workers, persistent_workers=workers > 0, collate_fn=collate,
                           pin_memory=torch.cuda.is_available())
+
+    def training_order(self, dataset: Dataset) -> DistributedSampler:
+        """Each epoch one permutation seeded by (seed, epoch) alone, split over the processes of the run.
+
+        Process r of W takes positions r, r + W, r + 2W, ... of the permutation, so at every step the W batches of
+        size B together hold the samples that one process with batch W x B holds: training does not depend on the
+        process count (the permutation does not depend on the global random generator either). When the set does
+        not divide by W, the sampler repeats a few samples so every process runs the same number of steps.
+        Lightning keeps a DistributedSampler it is given and calls its set_epoch every epoch.
+        """
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError(f"benchmark {self.benchmark_name!r} has no in-distribution train split here "
                                "(setup() not run, train=False, or folders without id_train)")
-        return self.loader(self.train_set, shuffle=True)
+        return self.loader(self.train_set, sampler=self.training_order(self.train_set))
 
     def val_dataloader(self) -> DataLoader:
         """The in-distribution test set, for models that validate while they train (configs/classifier/,

@@ -23,7 +23,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from ood_lightning.ema import ema_update
-from ood_lightning.noise import sample_noise, sample_seed
+from ood_lightning.noise import sample_integers, sample_noise
 from ood_lightning.report import atomic_write, atomic_write_text
 from ood_lightning.resume import resumable_checkpoints
 from ood_lightning.wandb_logging import log_image_grid
@@ -168,8 +168,8 @@ class ClassConditionalDiffusion(L.LightningModule):
         x0, index, hp = self._images(batch), batch["index"], self.hparams
         noise = sample_noise(x0.shape[1:], index, seed=hp.seed, stream="val/diffusion", device=x0.device,
                              dtype=x0.dtype)
-        timesteps = torch.tensor([sample_seed(hp.seed, "val/diffusion-timestep", i) % hp.num_train_timesteps
-                                  for i in index.tolist()], device=x0.device)
+        timesteps = sample_integers(hp.num_train_timesteps, index, seed=hp.seed, stream="val/diffusion-timestep",
+                                    device=x0.device)
         loss = self.diffusion_loss(self.ema, x0, self.drop_labels(batch["label"], p=0.0), noise, timesteps)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
 

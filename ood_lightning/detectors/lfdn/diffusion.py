@@ -61,10 +61,6 @@ class LFDNSchedule:
         ab = self._alphas_cumprod64
         return self._per_sample(ab.sqrt(), t, x0) * x0 + self._per_sample((1.0 - ab).sqrt(), t, x0) * noise
 
-    def sample_timesteps(self, batch_size: int, *, device=None, generator: torch.Generator | None = None) -> Tensor:
-        """t ~ Uniform{0, ..., T-1}."""
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
-
     def training_loss(self, model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Plain MSE between the x0 prediction at x_t and x0, averaged over batch and features (official loss)."""
         prediction = model(self.add_noise(x0, noise, t), t)

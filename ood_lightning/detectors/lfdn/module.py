@@ -22,7 +22,7 @@ from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
 from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
-from ood_lightning.noise import sample_noise
+from ood_lightning.noise import sample_integers, sample_noise
 from ood_lightning.resume import resumable_checkpoints
 
 
@@ -48,7 +48,8 @@ class LFDNDetector(OODDetector):
         eta: DDIM stochasticity of the reconstruction (reference: 1).
         reconstruction: "reference" (the released code's shifted alpha tables) or "consistent" (our fix).
         mfsim_skip_first_group: the reference leaves the first layer out of MFsim; False includes it.
-        seed: seed of the per-sample reconstruction noise (scores do not depend on batch size or GPU count).
+        seed: seed of the per-sample training and reconstruction noise (neither depends on batch size or GPU
+            count).
         cache_dir: where backbone features are cached.
         official_checkpoints: score the released code's checkpoints instead of trained weights: the paths of
             its checkpoint-0.pth (first epoch, for LR) and checkpoint-last.pth.
@@ -138,14 +139,27 @@ class LFDNDetector(OODDetector):
         # The reference updates the EMA inside forward, before this step's optimizer update.
         decay = self._update_ema()
         z = group_zscore(batch["feature"], self.group_sizes)
-        t = self.schedule.sample_timesteps(len(z), device=z.device)
-        loss = self.schedule.training_loss(self.net, z, t, torch.randn_like(z))
+        t, noise = self.training_noise(batch["index"], z)
+        loss = self.schedule.training_loss(self.net, z, t, noise)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"LFDN loss became {loss.item()} at global step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", decay)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
+
+    def training_noise(self, index: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Each training sample's timestep and noise, drawn from (seed, epoch, dataset index) alone.
+
+        The reference draws both from the global generator. Per-sample draws have the same distribution but make
+        training independent of batch size and process count (2 processes of batch B = 1 process of batch 2B, see
+        the DataModule's training order) and of anything else that consumed global random numbers first.
+        """
+        stream = f"train/lfdn/epoch{self.current_epoch}"
+        seed = self.hparams.seed
+        t = sample_integers(self.schedule.num_timesteps, index, seed=seed, stream=f"{stream}/t", device=z.device)
+        noise = sample_noise(z.shape[1:], index, seed=seed, stream=f"{stream}/noise", device=z.device, dtype=z.dtype)
+        return t, noise
 
     def _update_ema(self) -> float:
         self.ema_updates += 1
