@@ -1,9 +1,10 @@
 """Checkpoints a killed training run resumes from exactly: `last.ckpt` plus the random number generators' states.
 
 Lightning's checkpoint holds the model, optimizer, scheduler, loops and callbacks, but not the global RNGs, which
-draw the training noise, the diffusion timesteps and each epoch's shuffling seed. Restoring them with the checkpoint
-makes a run restarted with `--ckpt_path last` after a crash (even SIGKILL mid-epoch: it repeats that epoch from its
-start) end at the same weights as one never interrupted. The states are stored as plain tensors and ints, which
+draw the diffusion and classifier trainings' noise, timesteps, label dropout and augmentations (LFDN's training
+noise and every training order are seeded per sample and epoch and need no restoring). Restoring them with the
+checkpoint makes a run restarted with `--ckpt_path last` after a crash (even SIGKILL mid-epoch: it repeats that epoch
+from its start) end at the same weights as one never interrupted. The states are stored as plain tensors and ints, which
 `torch.load(weights_only=True)` reads.
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """A training run killed with SIGKILL mid-epoch and restarted with `--ckpt_path last` ends at the same weights as one
-never interrupted: train.py in subprocesses on a tiny LFDN (digits, 4 optimizer steps per epoch, 3 epochs)."""
+never interrupted: train.py in subprocesses (digits, 4 optimizer steps per epoch, 3 epochs) on a tiny LFDN, whose
+training randomness is seeded per sample, and on a tiny class-conditional diffusion model, whose noise, timesteps
+and label dropout come from the global generators that the checkpoint's RNG states restore."""
 from __future__ import annotations
 
 import os
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
@@ -29,17 +32,33 @@ class SigkillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(root: Path, *extra: str, callbacks: list | None = None) -> subprocess.CompletedProcess:
+def lfdn(root: Path) -> dict:
+    return {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": {
+        "backbone": {"class_path": "ood_lightning.backbones.MultiLayerFeatures",
+                     "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
+        "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(root / "cache"), "results_dir": str(root)}}
+
+
+def diffusion(root: Path) -> dict:
+    return {"class_path": "ood_lightning.training.diffusion.ClassConditionalDiffusion", "init_args": {
+        "num_classes": 5, "sample_size": 16, "block_out_channels": [8, 16], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4, "sample_every_n_epochs": 0, "export_dir": str(root / "unet")}}
+
+
+MODELS = {"lfdn": (lfdn, 32), "diffusion": (diffusion, 16)}  # model config, image size
+
+
+def train(root: Path, model: str, *extra: str, callbacks: list | None = None) -> subprocess.CompletedProcess:
+    make_model, image_size = MODELS[model]
     config = {
         "seed_everything": 0,
         "trainer": {"max_epochs": 3, "accelerator": "cpu", "default_root_dir": str(root), "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False, "callbacks": callbacks or []},
-        "model": {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": {
-            "backbone": {"class_path": "ood_lightning.backbones.MultiLayerFeatures",
-                         "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
-            "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(root / "cache"), "results_dir": str(root)}},
-        "data": {"benchmark": "digits", "image_size": 32, "batch_size": 16, "train_subset": 64, "eval_subset": 8,
-                 "num_workers": 0},
+                    "enable_progress_bar": False, "enable_model_summary": False, "callbacks": callbacks or [],
+                    "limit_val_batches": 1},
+        "model": make_model(root),
+        "data": {"benchmark": "digits", "image_size": image_size, "batch_size": 16, "train_subset": 64,
+                 "eval_subset": 8, "num_workers": 0},
     }
     (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
@@ -49,26 +68,29 @@ def train(root: Path, *extra: str, callbacks: list | None = None) -> subprocess.
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_sigkill_mid_epoch_then_resume_ends_at_the_uninterrupted_weights(tmp_path):
-    straight = train(tmp_path / "straight")
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_sigkill_mid_epoch_then_resume_ends_at_the_uninterrupted_weights(tmp_path, model):
+    straight = train(tmp_path / "straight", model)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
-    killed = train(crashed, callbacks=[{"class_path": "test_resume.SigkillAtStep", "init_args": {"step": KILL_AT_STEP}}])
+    killer = {"class_path": "test_resume.SigkillAtStep", "init_args": {"step": KILL_AT_STEP}}
+    killed = train(crashed, model, callbacks=[killer])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     checkpoints = crashed / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # nothing partial
     assert not (crashed / "results.json").exists()
 
-    resumed = train(crashed, "--ckpt_path", "last")  # the same config, without the killer
+    resumed = train(crashed, model, "--ckpt_path", "last")  # the same config, without the killer
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     got = load_checkpoint(checkpoints / "last.ckpt")
     assert (got["epoch"], got["global_step"]) == (expected["epoch"], expected["global_step"]) == (2, 12)
     assert expected["state_dict"].keys() == got["state_dict"].keys()
-    for key, value in expected["state_dict"].items():  # net, EMA and the epoch-0 EMA that the LR score needs
+    for key, value in expected["state_dict"].items():  # the weights and their EMA (LFDN: also the epoch-0 EMA)
         torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
-    first = {k: v for k, v in expected["state_dict"].items() if k.startswith("ema_first.")}
-    assert first and any(not torch.equal(v, expected["state_dict"]["ema." + k[len("ema_first."):]])
-                         for k, v in first.items()), "the epoch-0 EMA must be kept apart from the final EMA"
-    assert (crashed / "results.json").is_file()  # the resumed run went on to evaluate
+    if model == "lfdn":
+        first = {k: v for k, v in expected["state_dict"].items() if k.startswith("ema_first.")}
+        assert first and any(not torch.equal(v, expected["state_dict"]["ema." + k[len("ema_first."):]])
+                             for k, v in first.items()), "the epoch-0 EMA must be kept apart from the final EMA"
+        assert (crashed / "results.json").is_file()  # the resumed run went on to evaluate
