@@ -7,14 +7,13 @@ Each run is a subprocess, so the test process never initialises torch.distribute
 process (OMP_NUM_THREADS=1), so float32 arithmetic is identical and the comparison is exact.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from script_runs import REPO, script_env, tiny_lfdn
 
-REPO = Path(__file__).resolve().parents[1]
 N = 51  # odd: the sampler pads
 
 
@@ -23,14 +22,7 @@ def _config(root: Path, cache: Path) -> dict:
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "default_root_dir": str(root), "enable_progress_bar": False,
                     "enable_model_summary": False},
-        "model": {
-            "class_path": "ood_lightning.detectors.lfdn.LFDNDetector",
-            "init_args": {
-                "backbone": {"class_path": "ood_lightning.backbones.MultiLayerFeatures",
-                             "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
-                "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(cache),
-            },
-        },
+        "model": tiny_lfdn(cache),
         "data": {"benchmark": "digits", "image_size": 32, "batch_size": 8, "eval_subset": N},
         "plots": False,
     }
@@ -44,8 +36,8 @@ def _launch(tmp: Path, name: str, devices: int) -> tuple[subprocess.Popen, Path]
     args = [sys.executable, str(REPO / "evaluate.py"), "--config", str(cfg), "--trainer.devices", str(devices)]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(args, cwd=str(tmp), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=str(tmp), env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     return proc, root
 
 

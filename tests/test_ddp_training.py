@@ -17,8 +17,8 @@ import yaml
 
 from ood_lightning.backbones import MultiLayerFeatures
 from ood_lightning.safe_load import load_checkpoint
+from script_runs import REPO, script_env, tiny_lfdn
 
-REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_EVAL, GLOBAL_BATCH = 64, 8, 16
 
 
@@ -36,10 +36,7 @@ def _launch(root: Path, devices: int) -> subprocess.Popen:
         "seed_everything": 0,
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": devices, "default_root_dir": str(root),
                     "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": {
-            "backbone": {"class_path": "test_ddp_training.CountingFeatures",
-                         "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
-            "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(root / "cache"), "results_dir": str(root)}},
+        "model": tiny_lfdn(root / "cache", results_dir=root, backbone="test_ddp_training.CountingFeatures"),
         "data": {"benchmark": "digits", "image_size": 32, "batch_size": GLOBAL_BATCH // devices,
                  "train_subset": N_TRAIN, "eval_subset": N_EVAL, "num_workers": 0},
     }
@@ -47,9 +44,7 @@ def _launch(root: Path, devices: int) -> subprocess.Popen:
         config["trainer"]["strategy"] = "ddp"
     root.mkdir(parents=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "FEATURE_PASSES": str(root / "feature_passes.txt")}
+    env = script_env(FEATURE_PASSES=str(root / "feature_passes.txt"))
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(root / "config.yaml")],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -68,7 +63,7 @@ def test_two_processes_of_batch_b_train_the_weights_of_one_process_of_batch_2b(t
             torch.testing.assert_close(ddp["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     weights = single["state_dict"]
     assert any(not torch.equal(weights[k], weights["ema_first." + k[len("net."):]]) for k in weights
-               if k.startswith("net.")), "the weights must have trained away from the epoch-0 EMA, or this proves nothing"
+               if k.startswith("net.")), "the weights must have trained past the epoch-0 EMA, or this proves nothing"
 
     # the feature cache (train set, then the two test sets) was computed once, by the launching process alone
     passes = [line.split() for line in (tmp_path / "devices2" / "feature_passes.txt").read_text().splitlines()]

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from ood_lightning.safe_load import load_checkpoint
+from script_runs import REPO, TINY_UNET, script_env, tiny_lfdn
 
-REPO = Path(__file__).resolve().parents[1]
 KILL_AT_STEP = 6  # in the middle of epoch 1; last.ckpt then holds the end of epoch 0 (step 4)
 
 
@@ -33,17 +33,12 @@ class SigkillAtStep(L.Callback):
 
 
 def lfdn(root: Path) -> dict:
-    return {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": {
-        "backbone": {"class_path": "ood_lightning.backbones.MultiLayerFeatures",
-                     "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
-        "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(root / "cache"), "results_dir": str(root)}}
+    return tiny_lfdn(root / "cache", results_dir=root)
 
 
 def diffusion(root: Path) -> dict:
-    return {"class_path": "ood_lightning.training.diffusion.ClassConditionalDiffusion", "init_args": {
-        "num_classes": 5, "sample_size": 16, "block_out_channels": [8, 16], "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 4, "sample_every_n_epochs": 0, "export_dir": str(root / "unet")}}
+    return {"class_path": "ood_lightning.training.diffusion.ClassConditionalDiffusion",
+            "init_args": {**TINY_UNET, "sample_every_n_epochs": 0, "export_dir": str(root / "unet")}}
 
 
 MODELS = {"lfdn": (lfdn, 32), "diffusion": (diffusion, 16)}  # model config, image size
@@ -62,10 +57,8 @@ def train(root: Path, model: str, *extra: str, callbacks: list | None = None) ->
     }
     (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)]),
-           "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(root / "config.yaml"), *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))

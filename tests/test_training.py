@@ -14,6 +14,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from diffguard_helpers import evaluate_args, run_evaluate
+from script_runs import TINY_UNET
 from torch.utils.data import DataLoader
 
 import train
@@ -29,9 +30,6 @@ from ood_lightning.training.diffusion import EXPORT_INFO, ClassConditionalDiffus
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIGITS = {"benchmark": "digits", "image_size": 16, "batch_size": 16, "num_workers": 0}
-TINY_UNET = {"num_classes": 5, "sample_size": 16, "block_out_channels": [8, 16], "layers_per_block": 1,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-             "attention_head_dim": 4, "norm_num_groups": 4, "samples_per_class": 2, "sample_steps": 5}
 
 
 def tiny_diffusion(**kwargs) -> ClassConditionalDiffusion:
