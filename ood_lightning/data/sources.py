@@ -43,9 +43,11 @@ def skip_marker(index: int, label: int) -> dict:
 
 
 def _digest(parts: Iterable[bytes | str]) -> str:
+    """A short hash of the parts. Text is hashed as the bytes it came from: a file name that is not UTF-8 (Python
+    holds its undecodable bytes as surrogates, e.g. b'caf\\xe9.png' as 'caf\\udce9.png') hashes as its raw bytes."""
     hasher = hashlib.sha256()
     for part in parts:
-        hasher.update(part.encode() if isinstance(part, str) else part)
+        hasher.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
         hasher.update(b"\0")
     return hasher.hexdigest()[:16]
 

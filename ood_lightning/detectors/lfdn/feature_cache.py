@@ -43,7 +43,8 @@ class FeatureDataset(Dataset):
 
 def cache_key(dataset: Dataset, extractor: MultiLayerFeatures) -> str:
     parts = [CACHE_VERSION, dataset.fingerprint(), repr(getattr(dataset, "transform", None)), extractor.identity()]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    # surrogateescape: a weights path that is not UTF-8 hashes as its raw bytes (see sources._digest)
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 @torch.no_grad()
