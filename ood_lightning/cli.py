@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import traceback
+from pathlib import Path
 from typing import Optional
 
 import lightning as L
 from jsonargparse import DefaultHelpFormatter
-
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.safe_load import SafeCheckpointIO, is_url
 from ood_lightning.wandb_logging import wandb_offline_without_credentials
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -37,8 +41,10 @@ class OODCLI(LightningCLI):
     e.g. configs/diffusion/) is chosen by class_path.
 
     After instantiation it hands the resolved config to the detector (results.json's config_hash is taken over
-    it) and, when a WandbLogger is configured but no W&B credentials exist, switches W&B to offline mode instead
-    of letting wandb.init stop the run.
+    it), makes the trainer read checkpoints through `SafeCheckpointIO` (never running pickled code, URLs
+    included) and, when a WandbLogger is configured but no W&B credentials exist, switches W&B to offline mode
+    instead of letting wandb.init stop the run. An error raised by a class's constructor (a missing or refused
+    weight file, say) comes out as itself, not inside jsonargparse's dump of every union subtype.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -58,11 +64,68 @@ class OODCLI(LightningCLI):
                                      _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = _constructor_error(error)
+            if cause is None:
+                raise
+            raise cause from None
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            self.trainer.strategy.checkpoint_io = SafeCheckpointIO()
         config = self.config.as_dict()
         self.model.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
         self.model.write_plots = bool(config.get("plots", True))
         wandb_offline_without_credentials(self.trainer.loggers)
+
+    def checkpoint_path(self) -> str | None:
+        """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);
+        a local path that does not exist is refused here, before any work."""
+        path = self.config.ckpt_path
+        if path is None or is_url(path):
+            return path
+        if path == "last":
+            roots = self._run_roots()
+            found = newest_last_checkpoint(roots)
+            if found is None:
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no last.ckpt in the run folder {' or '.join(map(str, roots))} (looked in "
+                    "checkpoints/ and <logger name>/<version>/checkpoints/). The run has not finished an epoch, or "
+                    "it ran with another trainer.default_root_dir: give the checkpoint file itself, or start "
+                    "without --ckpt_path.")
+            rank_zero_info(f"--ckpt_path last: {found}")
+            return str(found)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {path}: no such file")
+        return path
+
+    def _run_roots(self) -> list[Path]:
+        """Where this run's checkpoints go: the trainer's default_root_dir and every logger's save_dir."""
+        roots = [Path(self.trainer.default_root_dir)]
+        for logger in self.trainer.loggers:
+            if logger.save_dir and Path(logger.save_dir) not in roots:
+                roots.append(Path(logger.save_dir))
+        return roots
+
+
+def newest_last_checkpoint(roots: list[Path]) -> Path | None:
+    """The most recently written last.ckpt at <root>/checkpoints/ (no logger) or <root>/<name>/<version>/checkpoints/
+    (TensorBoard, CSV: lightning_logs/version_N; W&B: <project>/<run id>)."""
+    found = [p for root in roots for pattern in ("checkpoints/last.ckpt", "*/*/checkpoints/last.ckpt")
+             for p in root.glob(pattern) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def _constructor_error(error: ValueError) -> BaseException | None:
+    """The exception a constructor raised, when jsonargparse wrapped it in its union-subtype report; else None."""
+    if "Does not validate against any of the Union subtypes" not in str(error):
+        return None
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    frames = traceback.extract_tb(cause.__traceback__)
+    raised_by_jsonargparse = not frames or "jsonargparse" in Path(frames[-1].filename).parts
+    return None if cause is error or raised_by_jsonargparse else cause
 
 
 def make_cli(args: list[str] | None, description: str,

@@ -283,24 +283,38 @@ def load_scores(scores_dir: Path, order: Sequence[str] = (), skipped: Mapping[st
             "evaluation writes beside results.json; run evaluate.py (without --from_scores) first")
     per_set = {}
     for path in files:
-        with np.load(path, allow_pickle=False) as z:
-            if "index" not in z:
-                raise ValueError(f"{path} holds no 'index' array: not a per-sample score file")
-            name = str(z["name"]) if "name" in z else path.stem
-            types = [str(k) for k in z["scores"]] if "scores" in z else \
-                [k[len("score_"):] for k in z.files if k.startswith("score_")]
-            entry = {
-                "index": z["index"].astype(np.int64),
-                "scores": {k: z[f"score_{k}"].astype(np.float64) for k in types},
-                "n_skipped": int(z["n_skipped"]) if "n_skipped" in z else int((skipped or {}).get(name, 0)),
-            }
-            if "label" in z:
-                entry["labels"] = z["label"].astype(np.int64)
-            if "extras" in z:
-                entry["extras"] = {str(k): z[f"extra_{k}"] for k in z["extras"]}
+        try:
+            name, entry = _read_score_file(path, skipped)
+        except ValueError as e:
+            if "allow_pickle" not in str(e):
+                raise
+            raise ValueError(
+                f"refusing to read {path}: it holds an array of Python objects, which only pickle can load and which "
+                "could run code while loading. Score files written by evaluate.py hold plain numbers and strings; "
+                "rewrite this one so.") from None
         per_set[name] = entry
     rank = {name: i for i, name in enumerate([ID_SET, *order])}
     return dict(sorted(per_set.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0] != ID_SET, kv[0])))
+
+
+def _read_score_file(path: Path, skipped: Mapping[str, int] | None) -> tuple[str, dict]:
+    """One scores/<set>.npz as (set name, entry of `load_scores`)."""
+    with np.load(path, allow_pickle=False) as z:
+        if "index" not in z:
+            raise ValueError(f"{path} holds no 'index' array: not a per-sample score file")
+        name = str(z["name"]) if "name" in z else path.stem
+        types = [str(k) for k in z["scores"]] if "scores" in z else \
+            [k[len("score_"):] for k in z.files if k.startswith("score_")]
+        entry = {
+            "index": z["index"].astype(np.int64),
+            "scores": {k: z[f"score_{k}"].astype(np.float64) for k in types},
+            "n_skipped": int(z["n_skipped"]) if "n_skipped" in z else int((skipped or {}).get(name, 0)),
+        }
+        if "label" in z:
+            entry["labels"] = z["label"].astype(np.int64)
+        if "extras" in z:
+            entry["extras"] = {str(k): z[f"extra_{k}"] for k in z["extras"]}
+    return name, entry
 
 
 def rescore(
