@@ -37,10 +37,12 @@ ID_COLOR, OOD_COLOR = "#1f77b4", "#d62728"
 
 
 def write_plots(plot_dir: Path, results: dict, per_set: Mapping[str, dict], *, dpi: int = DPI) -> list[Path]:
-    """hist_<score>.png and roc_<score>.png for every score type of `results`; returns the paths written."""
+    """hist_<score>.png and roc_<score>.png for every score type of `results`; returns the paths written. A set
+    without one scored image (all unreadable) has nothing to draw and is left out."""
     plot_dir = Path(plot_dir)
     id_scores = per_set[ID_SET]["scores"]
-    ood_names = [n for n in results.get("ood_sets", [n for n in per_set if n != ID_SET]) if n in per_set]
+    ood_names = [n for n in results.get("ood_sets", [n for n in per_set if n != ID_SET])
+                 if n in per_set and len(per_set[n]["index"])]
     if not ood_names:
         return []
     written = []

@@ -134,11 +134,11 @@ class OODDetector(L.LightningModule):
 
 
 def _flat_metrics(results: dict) -> dict[str, float]:
-    """`test/<ood set>/<score>/<metric>` for the loggers."""
+    """`test/<ood set>/<score>/<metric>` for the loggers; a set with no scored image has no metrics (None) to log."""
     flat = {}
     for score, sets in results["scores"].items():
         for ood_set, metrics in sets.items():
             for metric, value in metrics.items():
-                if not metric.startswith("n_"):
+                if not metric.startswith("n_") and value is not None:
                     flat[f"test/{ood_set}/{score}/{metric}"] = value
     return flat

@@ -49,18 +49,19 @@ def cache_key(dataset: Dataset, extractor: MultiLayerFeatures) -> str:
 
 @torch.no_grad()
 def extract(extractor: MultiLayerFeatures, loader: DataLoader, device: torch.device, desc: str, quiet: bool) -> dict:
-    """One backbone pass over a loader of image batches, with a progress bar in images/s."""
-    feats, index, label, skipped = [], [], [], []
+    """One backbone pass over a loader of image batches, with a progress bar in images/s.
+
+    A set in which no image can be read gives zero feature rows and all its indices under "skipped": an OOD set
+    then gets its row without metrics in the results (the caller refuses an empty training set)."""
+    feats, index, label, skipped = [torch.empty(0, extractor.feature_dim)], [], [], []
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=quiet, dynamic_ncols=True) as bar:
         for batch in loader:
             skipped.append(batch["skipped"])
+            index.append(batch["index"])
+            label.append(batch["label"])
             if batch["index"].numel():
                 feats.append(extractor(batch["image"].to(device)).float().cpu())
-                index.append(batch["index"])
-                label.append(batch["label"])
             bar.update(len(batch["index"]) + len(batch["skipped"]))
-    if not feats:
-        raise RuntimeError(f"{desc}: no image could be read ({sum(len(s) for s in skipped)} unreadable)")
     return {
         "features": torch.cat(feats),
         "index": torch.cat(index),

@@ -117,6 +117,9 @@ class LFDNDetector(OODDetector):
         )
         if stage == "fit":
             dm.train_set = self.cache.get(dm.train_set, name="train", **common)
+            if not len(dm.train_set):
+                raise RuntimeError(f"train: no image could be read ({len(dm.train_set.skipped)} unreadable); LFDN "
+                                   "learns from the in-distribution train images")
         if stage == "test":
             dm.test_sets = {
                 name: self.cache.get(ds, name=name, **common) for name, ds in dm.test_sets.items()
