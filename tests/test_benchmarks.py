@@ -74,6 +74,18 @@ def test_folders_preset(tmp_path):
     assert no_train.id_train is None
 
 
+def test_folders_train_set_is_named_after_its_own_folder(tmp_path):
+    """Warnings about unreadable train images name the set: the train folder's name, not the test folder's."""
+    make_class_tree(tmp_path / "id_train", per_class=1)
+    make_class_tree(tmp_path / "id_test", per_class=1)
+    make_class_tree(tmp_path / "cats" / "train", per_class=1)
+    make_flat(tmp_path / "o", n=1)
+    named = build_benchmark("folders", tmp_path, id_train="id_train", id_test="id_test", ood={"o": "o"})
+    assert (named.id_train.name, named.id_test.name) == ("id_train", "id_test")
+    split = build_benchmark("folders", tmp_path, id_train="cats/train", id_test="id_test", ood={"o": "o"})
+    assert split.id_train.name == "cats_train"
+
+
 def test_folders_preset_checks(tmp_path):
     make_class_tree(tmp_path / "train", classes=("a", "b"))
     make_class_tree(tmp_path / "test", classes=("a", "c"))

@@ -395,11 +395,18 @@ def _folders(root: Path | None, transform: Transform, id_test: str | None = None
 
     id_name = _folder_set_name(resolve(id_test))
     return Plan(
-        id_train=None if id_train is None else _folder(f"{id_name}_train", resolve(id_train),
+        id_train=None if id_train is None else _folder(_train_set_name(resolve(id_train)), resolve(id_train),
                                                        "in-distribution train images", transform),
         id_test=_folder(id_name, resolve(id_test), "in-distribution test images", transform),
         ood=[_folder(name, resolve(path), "OOD images", transform, ood=True) for name, path in ood.items()],
     )
+
+
+def _train_set_name(path: Path) -> str:
+    """A train set's name from its own folder, marked as train: 'cifar10_train' for cifar10/train, 'id_train' for
+    id_train, 'mine_train' for mine."""
+    name = _folder_set_name(path)
+    return name if name.lower().endswith("train") else f"{name}_train"
 
 
 def _folder_set_name(path: Path) -> str:
