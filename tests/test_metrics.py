@@ -1,8 +1,8 @@
-"""Float64 OOD metrics against scikit-learn and hand-worked cases; the DDP score collector's de-duplication."""
+"""Float64 OOD metrics against hand-worked cases and an independent implementation of their definitions; the DDP
+score collector's de-duplication."""
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 from ood_lightning.metrics import (
     METRICS,
@@ -16,15 +16,49 @@ from ood_lightning.metrics import (
     ood_metrics,
 )
 
+# A case small enough to work out on paper, where all five metrics differ (see test_every_metric_by_hand).
+HAND_ID, HAND_OOD = [0.0, 1.0, 3.0], [2.0, 4.0]
+HAND = {"auroc": 5 / 6, "aupr_in": 65 / 72, "aupr_out": 19 / 24, "fpr95": 1 / 2, "fpr95_openood": 1 / 3}
 
-def _sklearn_reference(id_s, ood_s):
-    """AUROC / AUPR-In / AUPR-Out written out directly from the OpenOOD v1.5 definitions."""
+
+def _pr_area(positive, negative) -> float:
+    """Trapezoid area under the precision-recall curve, positives ranked by higher score, written from the
+    definition (no sklearn): one point (recall, precision) per distinct threshold t (flagged: score >= t), from
+    the highest down, after the start point (0, 1)."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    points = [(0.0, 1.0)]
+    for t in np.unique(np.r_[positive, negative])[::-1]:
+        tp, fp = (positive >= t).sum(), (negative >= t).sum()
+        points.append((tp / positive.size, tp / (tp + fp)))
+    return sum((r1 - r0) * (p0 + p1) / 2 for (r0, p0), (r1, p1) in zip(points[:-1], points[1:]))
+
+
+def _independent_reference(id_s, ood_s):
+    """AUROC (pair counting, ties 1/2), AUPR-In (ID positive, ranked by -score), AUPR-Out (OOD positive)."""
     id_s, ood_s = np.asarray(id_s, float), np.asarray(ood_s, float)
-    is_ood = np.r_[np.zeros(len(id_s)), np.ones(len(ood_s))]
-    score = np.r_[id_s, ood_s]
-    p_in, r_in, _ = precision_recall_curve(1 - is_ood, -score)
-    p_out, r_out, _ = precision_recall_curve(is_ood, score)
-    return roc_auc_score(is_ood, score), auc(r_in, p_in), auc(r_out, p_out)
+    pairs = (ood_s[:, None] > id_s[None, :]).mean() + 0.5 * (ood_s[:, None] == id_s[None, :]).mean()
+    return pairs, _pr_area(-id_s, -ood_s), _pr_area(ood_s, id_s)
+
+
+def test_every_metric_by_hand():
+    """ID 0, 1, 3 and OOD 2, 4 (OOD positive, higher = OOD), every number worked out on paper.
+
+    AUROC: of the 6 (ID, OOD) pairs, OOD is higher in 5 (all but 2 < 3) -> 5/6.
+    AUPR-Out: ranked 4(O) 3(I) 2(O) 1(I) 0(I); (recall, precision) from (0, 1): (1/2, 1), (1/2, 1/2), (1, 2/3),
+      (1, 1/2), (1, 2/5); trapezoids 1/2 * 1 + 1/2 * (1/2 + 2/3) / 2 = 1/2 + 7/24 = 19/24.
+    AUPR-In: ID positive, ranked by -score: 0(I) 1(I) 2(O) 3(I) 4(O); points (1/3, 1), (2/3, 1), (2/3, 2/3),
+      (1, 3/4), (1, 3/5); area 2/3 * 1 + 1/3 * (2/3 + 3/4) / 2 = 2/3 + 17/72 = 65/72.
+      (Average precision would give 5/6 for AUPR-Out: the trapezoid is OpenOOD v1.5's, and it is not AP.)
+    fpr95 (ODIN): 95th ID percentile at rank 0.95 * 2 = 1.9: 1 + 0.9 * (3 - 1) = 2.8; OOD strictly below: 2 -> 1/2.
+    fpr95_openood: catching 95% of 2 OOD needs both, threshold 2; ID at or above it: 3 -> 1/3.
+    """
+    got = ood_metrics(HAND_ID, HAND_OOD)
+    for name, value in HAND.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+        assert METRICS[name](HAND_ID, HAND_OOD) == pytest.approx(value, abs=1e-12), name
+    assert (aupr_in(HAND_ID, HAND_OOD), aupr_out(HAND_ID, HAND_OOD)) == pytest.approx((65 / 72, 19 / 24))
+    assert (fpr95(HAND_ID, HAND_OOD), fpr95_openood(HAND_ID, HAND_OOD)) == pytest.approx((1 / 2, 1 / 3))
+    assert _independent_reference(HAND_ID, HAND_OOD) == pytest.approx((5 / 6, 65 / 72, 19 / 24), abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -35,9 +69,9 @@ def _sklearn_reference(id_s, ood_s):
         lambda r: (r.normal(5, 1, 50), r.normal(0, 1, 700)),  # mostly reversed, unbalanced
     ],
 )
-def test_matches_sklearn(make):
+def test_matches_an_independent_implementation(make):
     id_s, ood_s = make(np.random.default_rng(123))
-    ref = _sklearn_reference(id_s, ood_s)
+    ref = _independent_reference(id_s, ood_s)
     got = (auroc(id_s, ood_s), aupr_in(id_s, ood_s), aupr_out(id_s, ood_s))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
@@ -45,7 +79,7 @@ def test_matches_sklearn(make):
 def test_all_identical_scores():
     id_s, ood_s = np.full(30, 2.0), np.full(70, 2.0)
     assert auroc(id_s, ood_s) == pytest.approx(0.5)
-    ref = _sklearn_reference(id_s, ood_s)
+    ref = _independent_reference(id_s, ood_s)
     assert aupr_in(id_s, ood_s) == pytest.approx(ref[1])
     assert aupr_out(id_s, ood_s) == pytest.approx(ref[2])
     # one threshold: at it everything is flagged OOD, so all ID is a false positive (OpenOOD); no OOD is
@@ -95,6 +129,9 @@ def test_fpr95_openood_hand_case():
     # OOD strictly below it: -1 and 5.5 -> 2 of 20
     assert np.percentile(id_s, 95) == pytest.approx(8.5)
     assert fpr95(id_s, ood_s) == pytest.approx(2 / 20)
+    # and by name in the table every results file is made from
+    m = ood_metrics(id_s, ood_s)
+    assert (m["fpr95"], m["fpr95_openood"]) == pytest.approx((2 / 20, 5 / 11))
 
 
 def test_unbounded_scores_not_squashed():

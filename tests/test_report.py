@@ -240,3 +240,51 @@ def test_rescore_reads_first_format_npz(tmp_path):
     assert res["scores"]["energy"]["b"] == expected
     with np.load(tmp_path / "new" / "scores" / "b.npz") as z:  # rewritten in the current format
         assert str(z["name"]) == "b" and int(z["n_skipped"]) == 2 and "label" not in z.files
+
+
+# ID 0, 1, 3 against OOD 2, 4: every metric worked out on paper in test_metrics.test_every_metric_by_hand, and all
+# five differ, so a column filled by the wrong function shows here.
+HAND_PER_SET = {
+    "id": {"index": np.arange(3), "scores": {"s": np.array([0.0, 1.0, 3.0])}, "n_skipped": 0},
+    "o": {"index": np.arange(2), "scores": {"s": np.array([2.0, 4.0])}, "n_skipped": 1},
+    "p": {"index": np.arange(2), "scores": {"s": np.array([2.0, 4.0])}, "n_skipped": 2},  # o's twin
+}
+HAND = {"auroc": 5 / 6, "aupr_in": 65 / 72, "aupr_out": 19 / 24, "fpr95": 1 / 2, "fpr95_openood": 1 / 3}
+
+
+def _markdown_cells(md: str) -> dict[tuple[str, str], dict[str, str]]:
+    """{(score, set): {column header: cell}} from the first Markdown table in `md`."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
+        rows[cells["score"], cells["OOD set"]] = cells
+    return rows
+
+
+def test_each_column_of_every_results_file_holds_its_own_metric(tmp_path):
+    """results.json, results.csv and results.md name each metric where it is: swapping AUPR-In/Out or the two
+    FPR95 conventions anywhere between the metric functions and the files fails here."""
+    res = report.build_results(HAND_PER_SET, benchmark="hand", detector="Hand", groups={"both": ["o", "p"]},
+                               wall_time=1.0)
+    report.write_results(tmp_path, res, HAND_PER_SET, plots=False)
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    with open(tmp_path / "results.csv", newline="") as f:
+        csv_rows = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
+    md = _markdown_cells((tmp_path / "results.md").read_text())
+    md_columns = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95 (ID 95%)",
+                  "fpr95_openood": "FPR95 (OpenOOD)"}
+    for row in ("o", "both"):  # a set and the mean of two copies of it (the same numbers)
+        for metric, value in HAND.items():
+            assert saved["scores"]["s"][row][metric] == pytest.approx(value, abs=1e-12), (row, metric)
+            assert float(csv_rows["s", row][metric]) == pytest.approx(value, abs=1e-12), (row, metric)
+            assert md["s", row][md_columns[metric]] == f"{100 * value:.2f}", (row, metric)
+    # counts: the group's OOD and skipped images are sums over its sets, the shared ID set is counted once
+    assert [saved["scores"]["s"]["o"][k] for k in ("n_id", "n_ood", "n_skipped")] == [3, 2, 1]
+    assert [saved["scores"]["s"]["both"][k] for k in ("n_id", "n_ood", "n_skipped")] == [3, 4, 3]
+    assert (md["s", "both"]["n OOD"], csv_rows["s", "both"]["n_skipped"]) == ("4", "3")
+    # the explanation under the table says which FPR95 is which
+    text = (tmp_path / "results.md").read_text()
+    assert "FPR95 (ID 95%): OOD accepted as ID" in text and "FPR95 (OpenOOD): ID flagged as OOD" in text
