@@ -67,7 +67,9 @@ class OODDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0 reads in the main process).
         train_subset: Keep a seeded random sample of this many train images (None: all).
         eval_subset: Keep a seeded random sample of this many images of every test set (None: all).
-        seed: Seed of the subsets and of the training order.
+        data_seed: Seed of the subsets and of the training order. Named apart from the models' `seed` (their noise,
+            samples or labels): Lightning logs the model's and the datamodule's hyperparameters as one table and
+            stops a run in which the two share a key with different values.
         download: Let presets with torchvision sets (lfdn_*) download CIFAR/SVHN; nothing is ever downloaded
             otherwise.
         id_train: folders preset: folder of in-distribution train images (optional).
@@ -87,7 +89,7 @@ class OODDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_subset: int | None = None,
         eval_subset: int | None = None,
-        seed: int = 0,
+        data_seed: int = 0,
         download: bool = False,
         id_train: str | None = None,
         id_test: str | None = None,
@@ -125,9 +127,10 @@ class OODDataModule(L.LightningDataModule):
         if "id" in benchmark.ood:
             raise ValueError("'id' names the in-distribution test set; rename the OOD set called 'id'")
         hp = self.hparams
-        self.train_set = None if benchmark.id_train is None else subset(benchmark.id_train, hp.train_subset, hp.seed)
+        train_set = benchmark.id_train
+        self.train_set = None if train_set is None else subset(train_set, hp.train_subset, hp.data_seed)
         sets = {"id": benchmark.id_test, **benchmark.ood}
-        self.test_sets = {name: subset(ds, hp.eval_subset, hp.seed) for name, ds in sets.items()}
+        self.test_sets = {name: subset(ds, hp.eval_subset, hp.data_seed) for name, ds in sets.items()}
         self.groups = benchmark.groups
         self.id_name = benchmark.id_name
         self._built = True
@@ -145,7 +148,7 @@ class OODDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def training_order(self, dataset: Dataset) -> DistributedSampler:
-        """Each epoch one permutation seeded by (seed, epoch) alone, split over the processes of the run.
+        """Each epoch one permutation seeded by (data_seed, epoch) alone, split over the processes of the run.
 
         Process r of W takes positions r, r + W, r + 2W, ... of the permutation, so at every step the W batches of
         size B together hold the samples that one process with batch W x B holds: training does not depend on the
@@ -154,7 +157,7 @@ class OODDataModule(L.LightningDataModule):
         Lightning keeps a DistributedSampler it is given and calls its set_epoch every epoch.
         """
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.data_seed)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
