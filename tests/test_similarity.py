@@ -5,6 +5,7 @@ vgg16-397923af.pth and piq's dists_weights.pt / lpips_weights.pt), with every ro
 """
 from __future__ import annotations
 
+import inspect
 import math
 import socket
 import urllib.request
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ood_lightning.classifiers import Classifier
 from ood_lightning.detectors.diffguard import similarity
+from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.similarity import (
     DISTANCES,
     DISTSDistance,
@@ -134,9 +136,20 @@ def test_psnr_db_is_the_reference_255_peak_value_minus_42_11_db():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(3, 3, 8, 8, generator=gen) * 2 - 1, torch.rand(3, 3, 8, 8, generator=gen) * 2 - 1
     reference = 20 * torch.log10(255 / (x - y).square().flatten(1).mean(1).sqrt())  # metrics.py, on [-1, 1]
-    assert 20 * math.log10(127.5) == pytest.approx(42.11, abs=0.005)
     torch.testing.assert_close(psnr_db(x, y), reference - 20 * math.log10(127.5), atol=1e-4, rtol=0)
-    assert 48.5 - 20 * math.log10(127.5) == pytest.approx(6.39, abs=0.005)
+
+
+def test_the_default_psnr_stop_is_the_reference_48_5_threshold():
+    """DiffGuardGDM's default stop_psnr stops exactly where the reference's 48.5 (255-peak on [-1, 1]) does: pairs at
+    a reference PSNR of 48.45 stop, pairs at 48.55 do not."""
+    default = inspect.signature(DiffGuardGDM).parameters["stop_psnr"].default
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for reference_db, stops in ((48.45, True), (48.55, False)):
+        rmse = 255 / 10 ** (reference_db / 20)  # 20 log10(255 / RMSE) = reference_db; a constant offset has this RMSE
+        y = x + rmse
+        reference = 20 * torch.log10(255 / (x - y).double().square().flatten(1).mean(1).sqrt())
+        assert reference.tolist() == pytest.approx([reference_db] * 2)
+        assert ((psnr_db(y, x) < default) == stops).all(), (reference_db, default)
 
 
 def test_psnr_db_accepts_and_does_not_clamp_values_outside_the_range():
