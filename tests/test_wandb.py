@@ -1,11 +1,13 @@
 """W&B, offline: a tiny LFDN fit + test with a CSVLogger and an offline WandbLogger writes the offline run files with
-the training curves (loss, lr, EMA decay), the test metrics, the results table, score histograms, plots and an
-image grid; W&B failures and missing credentials never stop a run."""
+the training curves (loss, lr, EMA decay), the test metrics (equal to results.json's), the results table (its rows),
+score histograms (their counts), plots and an image grid; W&B failures and missing credentials never stop a run."""
+import json
 import math
 import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -41,21 +43,43 @@ class ImageLoggingLFDN(LFDNDetector):
         return super().test_step(batch, batch_idx, dataloader_idx)
 
 
-def wandb_records(data: bytes, block: int = 32768, header: int = 7) -> bytes:
-    """The record bytes of a W&B run file without its log framing: the file is a LevelDB-style log of 32 KiB
-    blocks whose chunks carry a 7-byte header (crc, length, type), so a key that crosses a block boundary is
-    split in the raw bytes. The file itself starts with a 7-byte header (":W&B", magic, version)."""
-    out, pos = bytearray(), header
+def wandb_records(data: bytes, block: int = 32768, header: int = 7) -> list:
+    """The protobuf records of a W&B run file (wandb.proto's Record). The file is a LevelDB-style log of 32 KiB blocks
+    whose chunks carry a 7-byte header (crc, length, type: 1 full, 2 first, 3 middle, 4 last), so a record that
+    crosses a block boundary is split; the file itself starts with a 7-byte header (":W&B", magic, version)."""
+    from wandb.proto import wandb_internal_pb2
+
+    records, current, pos = [], bytearray(), header
     while pos + header <= len(data):
         left = block - pos % block
         if left < header:  # a block's tail too short for a chunk header is zero padding
             pos += left
             continue
-        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
-        assert data[pos + 6] in (1, 2, 3, 4), f"not a W&B log chunk at byte {pos}"  # full, first, middle, last
-        out += data[pos + header : pos + header + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        assert kind in (1, 2, 3, 4), f"not a W&B log chunk at byte {pos}"
+        current += data[pos + header : pos + header + length]
         pos += header + length
-    return bytes(out)
+        if kind in (1, 4):  # a record is complete
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(bytes(current))
+            records.append(record)
+            current = bytearray()
+    return records
+
+
+def logged(records: list, kind: str) -> dict:
+    """{key: value} of the history ("history") or run config ("config") records; later values win."""
+    out = {}
+    for record in records:
+        if record.WhichOneof("record_type") == kind:
+            items = record.history.item if kind == "history" else record.config.update
+            for item in items:
+                path = [item.key] if item.key else list(item.nested_key)  # media arrive field by field
+                target = out
+                for part in path[:-1]:
+                    target = target.setdefault(part, {})
+                target[path[-1]] = json.loads(item.value_json)
+    return out
 
 
 def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
@@ -80,27 +104,50 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     assert len(runs) == 1, sorted((tmp / "wandb").iterdir())
     logs = list(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
-    data = wandb_records(logs[0].read_bytes())
-    for key in ("train/loss", "train/lr", "train/ema_decay",  # training curves reach W&B
-                "test/digits_5_9/mse/auroc", "test/digits_5_9/lr_mfsim/fpr95_openood",  # metrics via self.log
-                "test/results",  # the results table
-                "test/id/mse/histogram", "test/digits_5_9/mfsim/histogram",  # score histograms
-                "test/plots/roc_mse", "test/plots/hist_mse",  # the PNG plots
-                "test/images/features_as_pictures",  # the image-grid hook
-                "config_hash"):
-        assert key.encode() in data, key
+    records = wandb_records(logs[0].read_bytes())
+    history, config = logged(records, "history"), logged(records, "config")
+    run_dir = Path(csv_logger.log_dir)  # the CSV logger came first: results, plots and metrics.csv share its folder
+    results = json.loads((run_dir / "results.json").read_text())
+
+    for key in ("train/loss", "train/lr", "train/ema_decay"):  # training curves reach W&B
+        assert math.isfinite(history[key]), key
+    assert config["config_hash"] == results["config_hash"]
+
+    # every metric W&B shows is results.json's number under the same name (logged as float32)
+    metrics = {f"test/{ood_set}/{score}/{metric}": value for score, sets in results["scores"].items()
+               for ood_set, row in sets.items() for metric, value in row.items() if not metric.startswith("n_")}
+    assert len(metrics) == 6 * 5
+    for key, value in metrics.items():
+        assert history[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+    # the results table: results.csv's columns, one row per (score, set) holding results.json's values
+    table_file = runs[0] / "files" / history["test/results"]["path"]
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["score", "ood_set", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood",
+                                "n_id", "n_ood", "n_skipped"]
+    rows = {(r[0], r[1]): dict(zip(table["columns"], r)) for r in table["data"]}
+    assert len(rows) == 6
+    for score, sets in results["scores"].items():
+        for column, value in sets["digits_5_9"].items():
+            assert rows[score, "digits_5_9"][column] == pytest.approx(value, rel=1e-12), (score, column)
+
+    # score histograms: every sample of the set counted once, between the set's smallest and largest score
+    for name in ("id", "digits_5_9"):
+        with np.load(run_dir / "scores" / f"{name}.npz") as npz:
+            scores = npz["score_mse"]
+        hist = history[f"test/{name}/mse/histogram"]
+        assert hist["_type"] == "histogram" and sum(hist["values"]) == len(scores) == 21
+        assert (hist["bins"][0], hist["bins"][-1]) == pytest.approx((scores.min(), scores.max()), rel=1e-6)
+
+    assert history["test/images/features_as_pictures"]["_type"] == "images/separated"  # the image-grid hook
     media = [p.relative_to(runs[0]).as_posix() for p in runs[0].rglob("*") if p.is_file()]
-    assert any("media/table/test/results" in p for p in media), media
     assert sum("media/images/test/plots" in p for p in media) == 12  # hist + roc for the 6 LFDN score types
     assert any("media/images/test/images/features_as_pictures" in p for p in media), media
-
-    # the CSV logger came first: results, plots and metrics.csv share its version folder
-    run_dir = Path(csv_logger.log_dir)
-    assert (run_dir / "results.json").is_file() and (run_dir / "plots" / "roc_mse.png").is_file()
-    header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert (run_dir / "plots" / "roc_mse.png").is_file()
+    header, *csv_rows = (run_dir / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
     for key in ("train/loss", "train/lr", "train/ema_decay"):
-        values = [r.split(",")[columns.index(key)] for r in rows]
+        values = [r.split(",")[columns.index(key)] for r in csv_rows]
         assert any(v and math.isfinite(float(v)) for v in values), key
 
 
