@@ -1,18 +1,26 @@
 """DDP equivalence: evaluate.py on 2 CPU processes (gloo) gives exactly the results of 1 process.
 
 51 samples per test set over 2 ranks: the DistributedSampler gives each rank 26, repeating one sample, so this also
-checks the de-duplication by index. The detector is an untrained LFDN on a random-init EfficientNet-Lite0 at 32 px
-(random init is explicit: weights null): scores are meaningless but deterministic, which is all this test needs.
-Each run is a subprocess, so the test process never initialises torch.distributed. Both runs use one thread per
-process (OMP_NUM_THREADS=1), so float32 arithmetic is identical and the comparison is exact.
+checks the de-duplication by index. The detector is a tiny LFDN on a random-init EfficientNet-Lite0 at 32 px (random
+init is explicit: weights null), trained for a few steps here so that its output layers are no longer zero (an
+untrained LFDN predicts x0 = 0 whatever its weights) and both runs score the checkpoint's weights (--ckpt_path): a
+process scoring other weights than the checkpoint's would change the scores. Each evaluation is a subprocess, so
+the test process never initialises torch.distributed. Both runs use one thread per process (OMP_NUM_THREADS=1), so
+float32 arithmetic is identical and the comparison is exact.
 """
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
+import torch
 from script_runs import REPO, script_env, tiny_lfdn
+
+from ood_lightning.backbones import MultiLayerFeatures
+from ood_lightning.data import OODDataModule
+from ood_lightning.detectors.lfdn import LFDNDetector
 
 N = 51  # odd: the sampler pads
 
@@ -28,12 +36,31 @@ def _config(root: Path, cache: Path) -> dict:
     }
 
 
-def _launch(tmp: Path, name: str, devices: int) -> tuple[subprocess.Popen, Path]:
+def _trained_checkpoint(tmp: Path) -> Path:
+    """The tiny LFDN of the config after 2 epochs of 2 steps (lr 1e-2), in one process: every network's output layer
+    (raw, EMA, first-epoch EMA) is non-zero, so the scores depend on the weights."""
+    torch.manual_seed(0)
+    init = tiny_lfdn(tmp / "cache_train")["init_args"]
+    model = LFDNDetector(MultiLayerFeatures("tf_efficientnet_lite0", weights=None), hidden_dim=init["hidden_dim"],
+                         num_blocks=init["num_blocks"], lr=1e-2, cache_dir=init["cache_dir"])
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp / "train")
+    trainer.fit(model, datamodule=OODDataModule("digits", image_size=32, batch_size=8, train_subset=16))
+    for net in (model.net, model.ema, model.ema_first):
+        assert net.proj_out.weight.abs().max() > 1e-3
+    assert not torch.equal(model.ema.proj_out.weight, model.ema_first.proj_out.weight)
+    path = tmp / "trained.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _launch(tmp: Path, name: str, devices: int, ckpt: Path) -> tuple[subprocess.Popen, Path]:
     root = tmp / name
     root.mkdir()
     cfg = root / "config.json"
     cfg.write_text(json.dumps(_config(root, tmp / f"cache_{name}")))
-    args = [sys.executable, str(REPO / "evaluate.py"), "--config", str(cfg), "--trainer.devices", str(devices)]
+    args = [sys.executable, str(REPO / "evaluate.py"), "--config", str(cfg), "--trainer.devices", str(devices),
+            "--ckpt_path", str(ckpt)]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
     proc = subprocess.Popen(args, cwd=str(tmp), env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -42,7 +69,8 @@ def _launch(tmp: Path, name: str, devices: int) -> tuple[subprocess.Popen, Path]
 
 
 def test_two_processes_equal_one(tmp_path):
-    runs = {"single": _launch(tmp_path, "single", 1), "ddp": _launch(tmp_path, "ddp", 2)}
+    ckpt = _trained_checkpoint(tmp_path)
+    runs = {"single": _launch(tmp_path, "single", 1, ckpt), "ddp": _launch(tmp_path, "ddp", 2, ckpt)}
     out = {}
     for name, (proc, root) in runs.items():
         log, _ = proc.communicate(timeout=300)
