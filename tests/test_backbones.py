@@ -85,14 +85,31 @@ def test_neck_matches_upsampling_bilinear_concat_gap(lite0_random):
     assert not torch.allclose(expected[:, :16], maps[0].mean((2, 3)), atol=1e-4)
 
 
-def test_interpolate_scale_factor_equals_upsampling_bilinear2d():
-    for scale in (0.125, 0.25, 0.5, 1.0, 2.0):
-        for size in (9, 13, 56, 100):
-            x = torch.randn(1, 2, size, size)
-            ref = nn.UpsamplingBilinear2d(scale_factor=scale)(x)
-            out = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
-            assert out.shape[-1] == int(size * scale)
-            assert torch.equal(out, ref)
+class FixedMaps(nn.Module):
+    """A stand-in backbone returning given feature maps, whatever the images."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.maps = maps
+
+    def forward(self, images):
+        return [m.expand(len(images), -1, -1, -1) for m in self.maps]
+
+
+def test_neck_values_worked_out_by_hand():
+    """The neck on hand-made maps of a 64 px image. A stride-8 map (8 x 8) is resized by 1/2 to the stride-16 grid with
+    align_corners=True: rows are sampled at i * 7/3 = 0, 7/3, 14/3, 7 and linearly interpolated. For the map r^2
+    (row r = 0..7) that gives 0, 4 + 5/3, 16 + 9 * 2/3 = 22, 49, mean 115/6 = 19.17, where plain average pooling gives
+    140/8 = 17.5 (and align_corners=False samples 0.5, 2.5, 4.5, 6.5, mean 17.5 too). A stride-32 map (2 x 2) is
+    up-sampled to 4 x 4; a constant stays constant. Taps are concatenated in order."""
+    features = MultiLayerFeatures(weights=None)
+    r = torch.arange(8.0)
+    squares = torch.stack([r[:, None] ** 2 * torch.ones(8), torch.ones(8, 1) * r ** 2])[None]  # r^2 and c^2
+    features.backbone = FixedMaps([squares, torch.full((1, 1, 2, 2), 5.0)])
+    features.reductions = [8, 32]
+    out = features(torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(out, torch.tensor([[115 / 6, 115 / 6, 5.0]] * 2))
+    assert squares.mean().item() == pytest.approx(17.5)
 
 
 def test_group_zscore_matches_reference_loop():
