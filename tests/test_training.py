@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 import train
 from ood_lightning.classifiers import build_classifier
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.detectors.diffguard.cam import GradCAMMask
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.latent_models import PixelDiffusion, load_latent_model
-from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM
+from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM, ddim_schedulers, invert, resynthesize
 from ood_lightning.detectors.diffguard.models import load_pixel_unet
 from ood_lightning.safe_load import load_checkpoint
 from ood_lightning.training.classifier import ClassifierTraining
@@ -117,14 +118,40 @@ def test_the_export_is_the_pixel_back_end_of_the_classifier_free_path(diffusion_
     with pytest.raises(ValueError, match="beta_schedule is 'scaled_linear' here but 'linear' in training"):
         DiffGuardLDM(**common)  # the released LDM schedule, not the one this model was trained with
 
-    init = {**common, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_steps": 10,
-            "similarities": ["logits_l1"], "grid_images": 4, "results_dir": str(tmp_path)}
+    # a classifier file, so the evaluation and the computation below use the same classifier
+    torch.manual_seed(0)
+    classifier_file = tmp_path / "classifier.pt"
+    torch.save(build_classifier("cifar_resnet20", None, num_classes=5).net.state_dict(), classifier_file)
+    init = {**common, "classifier_weights": str(classifier_file), "beta_schedule": "linear", "beta_start": 1e-4,
+            "beta_end": 0.02, "num_steps": 10, "similarities": ["logits_l1"], "grid_images": 4,
+            "results_dir": str(tmp_path)}
     run_evaluate(evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, tmp_path, 4, 6))
     for name in ("id", "digits_5_9"):
         with np.load(tmp_path / "scores" / f"{name}.npz") as scores:
             assert len(scores["index"]) == 6 and np.isfinite(scores["score_logits_l1"]).all()
             assert ((scores["extra_cam_area"] > 0) & (scores["extra_cam_area"] <= 1)).all()
         assert (tmp_path / "grids" / f"{name}.png").is_file()
+
+    # the ID scores are the definition on the pixel back-end: images in [0, 1] -> [-1, 1] pixels, null-class (5)
+    # DDIM inversion, re-synthesis guided toward the prediction inside its Grad-CAM mask (cut 0.3) at scale 10, back to
+    # [0, 1], and the L1 distance between the classifier's logits of input and synthesis
+    dm = OODDataModule(**{**DIGITS, "eval_subset": 6})
+    dm.setup("test")
+    images = torch.stack([dm.test_sets["id"][i]["image"] for i in range(6)]).float()
+    classifier = build_classifier("cifar_resnet20", str(classifier_file))
+    inverse, sampler = ddim_schedulers(10, "linear", 1e-4, 0.02)
+    with torch.no_grad():
+        target = classifier(images).argmax(-1)
+        latents = invert(model.eps, images * 2 - 1, inverse, 5)
+    mask = GradCAMMask(classifier, 0.3)(images, target, (16, 16))
+    with torch.no_grad():
+        synthesis = (resynthesize(model.eps, latents, sampler, target, 5, 10.0, mask).clamp(-1, 1) + 1) / 2
+        expected = (classifier(synthesis) - classifier(images)).abs().sum(1)
+    with np.load(tmp_path / "scores" / "id.npz") as scores:
+        np.testing.assert_array_equal(scores["index"], np.arange(6))
+        np.testing.assert_array_equal(scores["extra_prediction"], target.numpy())
+        np.testing.assert_allclose(scores["extra_cam_area"], mask.float().mean((1, 2, 3)).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(scores["score_logits_l1"], expected.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_sample_grids_are_written_per_epoch(diffusion_run):
