@@ -13,12 +13,15 @@ a temporary folder, applies the edit there, runs only the test files relevant to
 Not part of CI: a full run takes tens of minutes on 2 CPU cores. Test files that do not exist in the tree being
 tested are left out (so an older revision runs the tests it had). A mutant whose original text is not found exactly
 once is reported as "stale" (the code moved on: update the mutant). A test run that exceeds --timeout counts as
-killed (the change made the tests hang) and is reported as "timeout".
+killed (the change made the tests hang) and is reported as "timeout". Before the mutants, each distinct test
+selection runs once on the unmutated tree (the control): a mutant whose tests already fail there is reported as
+"invalid", not killed. For a killed mutant the first failing test is shown.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -136,7 +139,7 @@ def copy_tree(dest: Path, rev: str | None) -> None:
     """The files of `rev` (git archive) or of the working tree (tracked and untracked, not ignored) into dest."""
     if rev is not None:
         archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True, capture_output=True)
-        with tarfile.open(fileobj=__import__("io").BytesIO(archive.stdout)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(dest, filter="data")
         return
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
@@ -152,8 +155,25 @@ def present(tree: Path, tests: tuple[str, ...]) -> list[str]:
     return [t for t in tests if (tree / t.split("::")[0]).is_file()]
 
 
-def run_mutant(mutant: Mutant, tree: Path, python: str, timeout: float) -> tuple[str, float, str]:
-    """Apply, test, restore; returns (status, seconds, last lines of output)."""
+def run_tests(tests: list[str], tree: Path, python: str, timeout: float) -> tuple[str, str]:
+    """pytest -x on `tests` in `tree`: ("passed" | "failed" | "timeout" | "error ...", first failure or tail)."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    try:
+        proc = subprocess.run([python, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", "-W", "ignore",
+                               *tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"more than {timeout:.0f} s"
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    if proc.returncode == 0:
+        return "passed", ""
+    if proc.returncode == 1:
+        return "failed", (failed or lines[-1:])[0]
+    return f"error (pytest exit {proc.returncode})", "\n".join(lines[-3:])  # interrupted, usage error, ...
+
+
+def run_mutant(mutant: Mutant, tree: Path, python: str, timeout: float, control: dict) -> tuple[str, float, str]:
+    """Apply, test, restore; returns (status, seconds, the first failure or why it did not run)."""
     path = tree / mutant.path
     original = path.read_text()
     mutated = original
@@ -164,21 +184,21 @@ def run_mutant(mutant: Mutant, tree: Path, python: str, timeout: float) -> tuple
     tests = present(tree, mutant.tests)
     if not tests:
         return "no tests", 0.0, ""
+    key = tuple(tests)
+    if key not in control:  # the control: the same tests on the unmutated tree
+        control[key] = run_tests(tests, tree, python, timeout)
+        print(f"control {control[key][0]:<8} {' '.join(tests)}" + (f"\n      {control[key][1]}"
+                                                                     if control[key][1] else ""), flush=True)
+    if control[key][0] != "passed":
+        return "invalid", 0.0, f"the unmutated tree does not pass these tests: {control[key][1]}"
     path.write_text(mutated)
     start = time.monotonic()
     try:
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-        proc = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests],
-                              cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-        status = "survived" if proc.returncode == 0 else "killed"
-        if proc.returncode not in (0, 1):  # 2-5: interrupted, internal or usage error, nothing collected
-            status = f"error (pytest exit {proc.returncode})"
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-    except subprocess.TimeoutExpired:
-        status, tail = "timeout", f"more than {timeout:.0f} s"
+        outcome, detail = run_tests(tests, tree, python, timeout)
     finally:
         path.write_text(original)
-    return status, time.monotonic() - start, tail
+    status = {"passed": "survived", "failed": "killed"}.get(outcome, outcome)
+    return status, time.monotonic() - start, detail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             os.symlink(shared, Path(tmp) / "shared")
         print(f"mutation testing {'revision ' + args.rev if args.rev else 'the working tree'} of {REPO} "
               f"in {tree}, {len(mutants)} mutants", flush=True)
-        results = []
+        results, control = [], {}
         for m in mutants:
-            status, seconds, tail = run_mutant(m, tree, args.python, args.timeout)
+            status, seconds, detail = run_mutant(m, tree, args.python, args.timeout, control)
             results.append((m, status))
             print(f"{m.id} {status:<9} {seconds:6.0f} s  {m.path}: {m.what}", flush=True)
-            if status not in ("killed", "survived", "timeout"):
-                print("      " + tail.replace("\n", "\n      "), flush=True)
+            if detail:
+                print("      " + detail.replace("\n", "\n      ")[:300], flush=True)
     counted = [(m, s) for m, s in results if s in ("killed", "survived", "timeout")]
     killed = sum(s in ("killed", "timeout") for _, s in counted)
     survivors = [m.id for m, s in counted if s == "survived"]
