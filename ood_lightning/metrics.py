@@ -103,23 +103,31 @@ def group_means(
 ) -> dict[str, dict[str, float]]:
     """Unweighted mean of each metric over the sets of each group (OpenOOD near/far averages).
 
-    Sets missing from ``per_set`` are left out of their group; a group with none present is omitted.
-    OOD sample counts are summed; every set shares one ID set, so its count is kept, not summed.
+    Every member must be a set of ``per_set`` and no group may be empty: a misspelt name would otherwise drop out
+    of its mean (or the whole group out of the table) without a word. OOD sample counts are summed; every set
+    shares one ID set, so its count is kept, not summed.
     """
+    problems = []
+    for group, names in groups.items():
+        unknown = [n for n in names if n not in per_set]
+        if unknown:
+            problems.append(f"group {group!r} lists {', '.join(unknown)}, not among the test sets of this run")
+        elif not names:
+            problems.append(f"group {group!r} lists no set")
+    if problems:
+        raise ValueError("; ".join(problems) + f". The OOD test sets are: {', '.join(per_set) or 'none'}")
     out: dict[str, dict[str, float]] = {}
     for group, names in groups.items():
-        present = [per_set[n] for n in names if n in per_set]
-        if not present:
-            continue
+        members = [per_set[n] for n in names]
         row: dict = {}
         for key in METRICS:
-            values = [m[key] for m in present if m.get(key) is not None]
+            values = [m[key] for m in members if m.get(key) is not None]
             if values:
                 row[key] = float(np.mean(np.asarray(values, dtype=np.float64)))
-        if any("n_id" in m for m in present):
-            row["n_id"] = int(max(m.get("n_id", 0) for m in present))
-        if any("n_ood" in m for m in present):
-            row["n_ood"] = int(sum(m.get("n_ood", 0) for m in present))
+        if any("n_id" in m for m in members):
+            row["n_id"] = int(max(m.get("n_id", 0) for m in members))
+        if any("n_ood" in m for m in members):
+            row["n_ood"] = int(sum(m.get("n_ood", 0) for m in members))
         out[group] = row
     return out
 

@@ -101,7 +101,7 @@ def build_results(
 
     `per_set` maps test-set name -> ScoreCollector.compute() output (or `load_scores` output); the ID set is named
     "id", the others keep their order. Group rows (unweighted means over their sets, as OpenOOD) follow the sets;
-    their n_ood and n_skipped are sums. `extra` (e.g. config_hash, checkpoint) is stored after the run identity.
+    their n_ood and n_skipped are sums; a group member that is not an OOD set here is an error (`group_means`). `extra` (e.g. config_hash, checkpoint) is stored after the run identity.
     `wall_time` None (unknown) leaves wall time and throughput null.
     """
     if ID_SET not in per_set:
@@ -137,7 +137,7 @@ def build_results(
                 rows[name] = {**dict.fromkeys(METRICS), "n_id": len(id_scores), "n_ood": len(ood_scores)}
             rows[name]["n_skipped"] = int(s["n_skipped"])
         for group, row in group_means(rows, groups).items():
-            row["n_skipped"] = sum(rows[n]["n_skipped"] for n in groups[group] if n in rows)
+            row["n_skipped"] = sum(rows[n]["n_skipped"] for n in groups[group])
             rows[group] = row
         results["scores"][score] = rows
     return results

@@ -179,8 +179,7 @@ def test_group_means_hand_built():
         "c": {"auroc": 0.5, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 1.0, "fpr95_openood": 1.0, "n_id": 10, "n_ood": 100,
               "extra": 123.0},
     }
-    groups = {"near": ["a", "b"], "far": ["c", "missing"], "gone": ["missing", "also_missing"]}
-    out = group_means(per_set, groups)
+    out = group_means(per_set, {"near": ["a", "b"], "far": ["c"]})
     assert set(out) == {"near", "far"}
     # unweighted: b has 3x a's OOD samples but counts the same
     assert out["near"]["auroc"] == pytest.approx(0.8)
@@ -191,6 +190,18 @@ def test_group_means_hand_built():
     assert (out["near"]["n_id"], out["near"]["n_ood"]) == (10, 20)  # one shared ID set: its count is not summed
     assert out["far"]["auroc"] == pytest.approx(0.5) and out["far"]["n_ood"] == 100
     assert "extra" not in out["far"]
+
+
+def test_group_means_refuses_unknown_members_and_empty_groups():
+    """A misspelt member (issue 15: --groups '{near: [tinn]}') must not drop out of its mean, nor a group out of the
+    table: the error names every bad group and the sets there are."""
+    row = {"auroc": 0.9, "n_id": 10, "n_ood": 5}
+    per_set = {"tin": row, "mnist": row}
+    with pytest.raises(ValueError) as err:
+        group_means(per_set, {"near": ["tinn"], "far": ["mnist", "svhn", "cifar"], "none": [], "ok": ["tin"]})
+    assert str(err.value) == ("group 'near' lists tinn, not among the test sets of this run; "
+                              "group 'far' lists svhn, cifar, not among the test sets of this run; "
+                              "group 'none' lists no set. The OOD test sets are: tin, mnist")
 
 
 def test_score_collector_deduplicates_ddp_padding():

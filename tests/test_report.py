@@ -32,7 +32,7 @@ def _fake_per_set(seed: int = 0) -> dict:
             "c": entry(20, 4.0, 3, -1)}
 
 
-GROUPS = {"near": ["a", "b"], "far": ["c", "not_in_this_run"]}
+GROUPS = {"near": ["a", "b"], "far": ["c"]}
 
 
 def _results(per_set, **kw):
@@ -221,6 +221,19 @@ def test_evaluate_from_scores_skips_the_model(tmp_path, monkeypatch):
     assert list(res["scores"]) == ["energy"]
     assert list(res["scores"]["energy"]) == ["a", "b", "c", "near", "far"]  # groups from the earlier results.json
     assert not (out / "plots").exists()
+
+
+def test_evaluate_from_scores_refuses_a_group_member_that_is_no_test_set(tmp_path):
+    """Issue 15: `--groups '{near: [tinn]}'` wrote no group row, no warning, and stored the bad group."""
+    import evaluate
+
+    per_set = _fake_per_set()
+    report.write_results(tmp_path, _results(per_set), per_set, plots=False)
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"group 'near' lists tinn, not among the test sets of this run\. "
+                                         r"The OOD test sets are: a, b, c$"):
+        evaluate.main(["--from_scores", str(tmp_path), "--groups", "{near: [tinn], far: [c]}", "--plots", "false"])
+    assert (tmp_path / "results.json").read_text() == before  # nothing rewritten
 
 
 def test_rescore_reads_first_format_npz(tmp_path):
