@@ -101,7 +101,8 @@ def build_results(
 
     `per_set` maps test-set name -> ScoreCollector.compute() output (or `load_scores` output); the ID set is named
     "id", the others keep their order. Group rows (unweighted means over their sets, as OpenOOD) follow the sets;
-    their n_ood and n_skipped are sums; a group member that is not an OOD set here is an error (`group_means`). `extra` (e.g. config_hash, checkpoint) is stored after the run identity.
+    their n_ood and n_skipped are sums; a group member that is not an OOD set here is an error (`group_means`).
+    `extra` (e.g. config_hash, checkpoint) is stored after the run identity.
     `wall_time` None (unknown) leaves wall time and throughput null.
     """
     if ID_SET not in per_set:
