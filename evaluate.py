@@ -4,7 +4,7 @@ r"""Score a trained (or zero-training) detector on a benchmark and write the res
         --ckpt_path runs/digits_demo/lightning_logs/version_0/checkpoints/last.ckpt
     python evaluate.py --config configs/lfdn/cifar10.yaml \
         --model.init_args.official_checkpoints '[checkpoint-0.pth, checkpoint-last.pth]'
-    python evaluate.py --help
+    python evaluate.py --help-all                        # every option, typed
 
 Results (results.json/csv/md, scores/<set>.npz, plots/) go to the run folder (see `--model.init_args.results_dir`).
 

@@ -8,7 +8,7 @@ configs/classifier/) trains a model DiffGuard uses and exports it for the DiffGu
     python train.py --config configs/classifier/mnist_0_4.yaml     # a classifier-under-protection
     python train.py --config configs/diffusion/mnist_0_4.yaml \
         --ckpt_path runs/diffusion_mnist_0_4/lightning_logs/version_0/checkpoints/last.ckpt   # resume
-    python train.py --help                               # every option, typed
+    python train.py --help-all                           # every option, typed
 """
 from __future__ import annotations
 

@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import traceback
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, TRAINING_MODELS, load_class,
+                                        offending_arguments, readable_argument_errors, short_help)
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.safe_load import SafeCheckpointIO, is_url
 from ood_lightning.wandb_logging import wandb_offline_without_credentials
+
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Keeps the entry points' usage examples as written in --help."""
@@ -57,6 +61,29 @@ class OODCLI(LightningCLI):
         )
         parser.add_argument("--plots", type=bool, default=True,
                             help="write score histograms and ROC curves (plots/*.png) beside the results")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse; on an error, parse again without the command-line option it names, and so on, then report every
+        problem found, one line each, instead of jsonargparse's usage dump and first error."""
+        args = list(sys.argv[1:] if args is None else args)
+        problems = []
+        for _ in range(MAX_REPORTED_PROBLEMS):
+            try:
+                self.config = parser.parse_args(args)
+                break
+            except ArgumentError as error:
+                offending = offending_arguments(str(error), args)
+                known = [option for action in parser._actions for option in action.option_strings]
+                problems += readable_argument_errors(str(error), offending, known)
+                if not offending:
+                    break
+                args = _without_options(args, offending)
+        if problems:
+            prog = Path(sys.argv[0]).name
+            lines = "\n".join(f"  {problem}" for problem in problems)
+            print(f"{prog}: {len(problems)} problem(s) in the arguments:\n{lines}\n"
+                  f"{prog} --help lists the models and configs; {prog} --help-all every option.", file=sys.stderr)
+            raise SystemExit(2)
 
     def _add_instantiators(self) -> None:
         super()._add_instantiators()
@@ -128,10 +155,38 @@ def _constructor_error(error: ValueError) -> BaseException | None:
     return None if cause is error or raised_by_jsonargparse else cause
 
 
+MAX_REPORTED_PROBLEMS = 10
+
+
+def _without_options(args: list[str], options: list[str]) -> list[str]:
+    """`args` less each of `options` and the value that follows it (unless given as --option=value)."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("--"):
+                continue
+        if arg.split("=", 1)[0] in options:
+            skip_value = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
 def make_cli(args: list[str] | None, description: str,
              model_class: type[L.LightningModule] = L.LightningModule) -> OODCLI:
     """The CLI of an entry point; a config's class_path must name a subclass of `model_class` (evaluate.py:
-    OODDetector)."""
+    OODDetector). `-h`/`--help` prints the short help (models, configs, where to look next); `--help-all` is
+    LightningCLI's full help; the optimizer is each model's own (no --optimizer / --lr_scheduler switch, which
+    would silently replace it)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if any(arg in HELP_FLAGS for arg in argv):
+        print(short_help(Path(sys.argv[0]).name, description))
+        raise SystemExit(0)
+    if any(arg == FULL_HELP_FLAG or arg.endswith(".help") for arg in argv):
+        for class_path in DETECTORS + TRAINING_MODELS:  # listed in the help, found by short name in --model.help
+            load_class(class_path)
+        args = ["--help" if arg == FULL_HELP_FLAG else arg for arg in argv]
     return OODCLI(
         model_class,
         OODDataModule,
@@ -141,5 +196,6 @@ def make_cli(args: list[str] | None, description: str,
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": description, "formatter_class": _HelpFormatter},
+        auto_configure_optimizers=False,
+        parser_kwargs={"description": description, "formatter_class": _HelpFormatter, "exit_on_error": False},
     )

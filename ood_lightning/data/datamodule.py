@@ -74,7 +74,8 @@ class OODDataModule(L.LightningDataModule):
             otherwise.
         id_train: folders preset: folder of in-distribution train images (optional).
         id_test: folders preset: folder of in-distribution test images.
-        ood: folders preset: OOD set name -> folder of its images.
+        ood: folders preset: OOD set name -> folder of its images; on the command line
+            --data.ood '{tin: /data/tin, mnist: /data/mnist}' or one set at a time: --data.ood.tin /data/tin.
         train: Build the in-distribution train split; false for evaluation-only runs whose train images are not on
             disk (OpenOOD does not distribute ImageNet train images).
     """

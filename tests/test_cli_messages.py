@@ -1,0 +1,69 @@
+"""What the command line says to a person: a short --help that names the detectors and configs, the full help a flag
+away, and argument errors as one line per problem (every problem, with a suggestion), not a usage dump."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ood_lightning.cli import make_cli
+from ood_lightning.detectors.base import OODDetector
+from script_runs import REPO
+
+DEMO = str(REPO / "configs" / "lfdn" / "digits_demo.yaml")
+
+
+def _exit(args: list[str], capsys, model_class=None) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        make_cli(args, description="Test entry point.", **({"model_class": model_class} if model_class else {}))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def test_help_is_short_and_names_every_detector_and_config_folder(capsys):
+    code, out, _ = _exit(["--help"], capsys)
+    assert code == 0 and len(out.splitlines()) < 60
+    for name in ("LFDNDetector", "ClassifierBaselines", "DiffGuardGDM", "DiffGuardLDM", "CascadeFusion",
+                 "ClassConditionalDiffusion", "ClassifierTraining"):
+        assert f"  {name} " in out, name
+    for folder in sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir()):
+        assert f"configs/{folder}/" in out, folder
+    assert "--help-all" in out and "--trainer.max_epochs" not in out
+
+
+def test_help_all_is_the_full_help_and_model_help_takes_a_short_name(capsys):
+    code, out, _ = _exit(["--help-all"], capsys, model_class=OODDetector)
+    assert code == 0 and "--trainer.max_epochs" in out and "--data.benchmark" in out
+    code, out, _ = _exit(["--model.help", "LFDNDetector"], capsys)
+    assert code == 0 and "--model.num_blocks" in out
+
+
+def test_every_misspelt_option_on_the_command_line_is_named_with_a_suggestion(capsys):
+    code, _, err = _exit(["--config", DEMO, "--model.init_args.num_blockz", "3", "--data.batch_sise", "3",
+                          "--trainer.max_epochz", "2"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 5 and "usage:" not in err
+    assert "  --model.init_args.num_blockz: LFDNDetector has no option 'num_blockz' (did you mean 'num_blocks'?)" \
+        in lines
+    assert "  --data.batch_sise: no such option (did you mean --data.batch_size?)" in lines
+    assert "  --trainer.max_epochz: no such option (did you mean --trainer.max_epochs?)" in lines
+
+
+def test_a_misspelt_key_in_a_config_file_is_named(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text(Path(DEMO).read_text().replace("num_blocks: 6", "num_blockz: 6"))
+    code, _, err = _exit(["--config", str(config)], capsys)
+    assert code == 2 and "  config: LFDNDetector has no option 'num_blockz' (did you mean 'num_blocks'?)" in err
+    assert "Union subtypes" not in err and "Given value" not in err
+
+
+@pytest.mark.parametrize("value", ["{tin:/data/tin}", "tin=/data/tin", "/data/tin"])
+def test_a_mapping_in_the_wrong_syntax_gets_an_example(value, capsys):
+    code, _, err = _exit(["--data.benchmark", "folders", "--data.ood", value], capsys)
+    assert code == 2 and "--data.ood '{tin: /data/tin, mnist: /data/mnist}'" in err and "--data.ood.tin" in err
+    assert "Union subtypes" not in err
+
+
+def test_no_optimizer_switch_that_would_silently_replace_the_models_own(capsys):
+    code, _, err = _exit(["--config", DEMO, "--optimizer", "SGD"], capsys)
+    assert code == 2 and "--optimizer: no such option" in err
