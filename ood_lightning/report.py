@@ -5,10 +5,15 @@ An evaluation folder holds:
     results.json         everything: run identity (config_hash, checkpoint), sample counts, wall time, and per score
                          type per OOD set (and near/far group) auroc, aupr_in, aupr_out, fpr95, fpr95_openood,
                          n_id, n_ood, n_skipped
-    results.csv          one row per (score type, OOD set or group), metrics as fractions
-    results.md           the same table in percent, with links to the plots
+    results.csv          one row per (score type, OOD set or group), metrics in percent (auroc_percent, ...)
+    results.md           the same table (AUROC %, ...), with links to the plots
     scores/<set>.npz     per-sample arrays of each test set (see `save_scores`): enough to recompute everything
     plots/*.png          score histograms and ROC curves (see plots.py)
+
+Units: every table a person reads (results.csv, results.md, the console, W&B's results table) gives metrics in
+percent, as papers do, and says so in each column header. results.json keeps fractions in [0, 1]: it is the
+record programs read, under the same metric names and values as the metrics logged to Lightning's loggers
+(test/<set>/<score>/auroc, ...).
 
 `rescore` rebuilds the tables and plots from scores/*.npz alone, without the model (evaluate.py --from_scores).
 Every file is written atomically (temporary name, then rename), so an interrupted run never leaves half a table.
@@ -32,7 +37,9 @@ import numpy as np
 from ood_lightning.metrics import METRICS, group_means, ood_metrics
 
 ID_SET = "id"
-COLUMNS = ("score", "ood_set", *METRICS, "n_id", "n_ood", "n_skipped")
+PERCENT_COLUMNS = {metric: f"{metric}_percent" for metric in METRICS}  # results.json key -> results.csv header
+COUNTS = ("n_id", "n_ood", "n_skipped")
+COLUMNS = ("score", "ood_set", *PERCENT_COLUMNS.values(), *COUNTS)
 SCORES_DIR = "scores"
 PLOTS_DIR = "plots"
 
@@ -145,21 +152,23 @@ def build_results(
 
 
 def table_rows(results: dict) -> list[dict]:
-    """One row per (score type, OOD set or group), metric values as fractions in [0, 1]."""
+    """One row per (score type, OOD set or group) under COLUMNS: metrics in percent, None where a set has none."""
     rows = []
     for score, sets in results["scores"].items():
         for ood_set, m in sets.items():
-            rows.append({"score": score, "ood_set": ood_set, **{c: m.get(c) for c in COLUMNS[2:]}})
+            percent = {column: None if m.get(metric) is None else 100 * m[metric]
+                       for metric, column in PERCENT_COLUMNS.items()}
+            rows.append({"score": score, "ood_set": ood_set, **percent, **{c: m.get(c) for c in COUNTS}})
     return rows
 
 
 def markdown_table(results: dict) -> str:
-    """The table people read: metrics in percent, both FPR95 conventions named."""
-    head = ["score", "OOD set", "AUROC", "AUPR-In", "AUPR-Out", "FPR95 (ID 95%)", "FPR95 (OpenOOD)", "n OOD"]
+    """The table people read: metrics in percent (headers say so), both FPR95 conventions named."""
+    head = ["score", "OOD set", "AUROC %", "AUPR-In %", "AUPR-Out %", "FPR95 % (ID 95%)", "FPR95 % (OpenOOD)", "n OOD"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table_rows(results):
-        pct = ["n/a" if r[m] is None else f"{100 * r[m]:.2f}" for m in METRICS]
-        lines.append(f"| {r['score']} | {r['ood_set']} | " + " | ".join(pct) + f" | {r['n_ood']} |")
+        cells = ["n/a" if r[c] is None else f"{r[c]:.2f}" for c in PERCENT_COLUMNS.values()]
+        lines.append(f"| {r['score']} | {r['ood_set']} | " + " | ".join(cells) + f" | {r['n_ood']} |")
     return "\n".join(lines) + "\n"
 
 

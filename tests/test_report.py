@@ -82,11 +82,11 @@ def test_files_csv_markdown_and_npz(tmp_path):
 
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["score", "ood_set", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood",
-                             "n_id", "n_ood", "n_skipped"]
+    assert list(rows[0]) == ["score", "ood_set", "auroc_percent", "aupr_in_percent", "aupr_out_percent",
+                             "fpr95_percent", "fpr95_openood_percent", "n_id", "n_ood", "n_skipped"]
     assert len(rows) == len(SCORES) * 5
     near = next(r for r in rows if r["score"] == "dist" and r["ood_set"] == "near")
-    assert float(near["auroc"]) == pytest.approx(res["scores"]["dist"]["near"]["auroc"], abs=1e-12)
+    assert float(near["auroc_percent"]) == pytest.approx(100 * res["scores"]["dist"]["near"]["auroc"], abs=1e-10)
 
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("# Toy on toy")
@@ -278,7 +278,9 @@ def _markdown_cells(md: str) -> dict[tuple[str, str], dict[str, str]]:
 
 def test_each_column_of_every_results_file_holds_its_own_metric(tmp_path):
     """results.json, results.csv and results.md name each metric where it is: swapping AUPR-In/Out or the two
-    FPR95 conventions anywhere between the metric functions and the files fails here."""
+    FPR95 conventions anywhere between the metric functions and the files fails here. The two tables a person
+    reads hold one unit, percent, and their headers say so (issue 15: the CSV held fractions beside the
+    Markdown's percent); results.json keeps fractions."""
     res = report.build_results(HAND_PER_SET, benchmark="hand", detector="Hand", groups={"both": ["o", "p"]},
                                wall_time=1.0)
     report.write_results(tmp_path, res, HAND_PER_SET, plots=False)
@@ -287,13 +289,14 @@ def test_each_column_of_every_results_file_holds_its_own_metric(tmp_path):
     with open(tmp_path / "results.csv", newline="") as f:
         csv_rows = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
     md = _markdown_cells((tmp_path / "results.md").read_text())
-    md_columns = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95 (ID 95%)",
-                  "fpr95_openood": "FPR95 (OpenOOD)"}
+    md_columns = {"auroc": "AUROC %", "aupr_in": "AUPR-In %", "aupr_out": "AUPR-Out %",
+                  "fpr95": "FPR95 % (ID 95%)", "fpr95_openood": "FPR95 % (OpenOOD)"}
     for row in ("o", "both"):  # a set and the mean of two copies of it (the same numbers)
         for metric, value in HAND.items():
             assert saved["scores"]["s"][row][metric] == pytest.approx(value, abs=1e-12), (row, metric)
-            assert float(csv_rows["s", row][metric]) == pytest.approx(value, abs=1e-12), (row, metric)
-            assert md["s", row][md_columns[metric]] == f"{100 * value:.2f}", (row, metric)
+            csv_cell = float(csv_rows["s", row][f"{metric}_percent"])
+            assert csv_cell == pytest.approx(100 * value, abs=1e-10), (row, metric)
+            assert md["s", row][md_columns[metric]] == f"{100 * value:.2f}" == f"{csv_cell:.2f}", (row, metric)
     # counts: the group's OOD and skipped images are sums over its sets, the shared ID set is counted once
     assert [saved["scores"]["s"]["o"][k] for k in ("n_id", "n_ood", "n_skipped")] == [3, 2, 1]
     assert [saved["scores"]["s"]["both"][k] for k in ("n_id", "n_ood", "n_skipped")] == [3, 4, 3]

@@ -120,15 +120,17 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     for key, value in metrics.items():
         assert history[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
-    # the results table: results.csv's columns, one row per (score, set) holding results.json's values
+    # the results table: results.csv's columns, one row per (score, set) holding results.json's values, metrics in
+    # percent as the headers say
     table_file = runs[0] / "files" / history["test/results"]["path"]
     table = json.loads(table_file.read_text())
-    assert table["columns"] == ["score", "ood_set", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood",
-                                "n_id", "n_ood", "n_skipped"]
+    assert table["columns"] == ["score", "ood_set", "auroc_percent", "aupr_in_percent", "aupr_out_percent",
+                                "fpr95_percent", "fpr95_openood_percent", "n_id", "n_ood", "n_skipped"]
     rows = {(r[0], r[1]): dict(zip(table["columns"], r)) for r in table["data"]}
     assert len(rows) == 6
     for score, sets in results["scores"].items():
-        for column, value in sets["digits_5_9"].items():
+        for key, value in sets["digits_5_9"].items():
+            column, value = (key, value) if key.startswith("n_") else (f"{key}_percent", 100 * value)
             assert rows[score, "digits_5_9"][column] == pytest.approx(value, rel=1e-12), (score, column)
 
     # score histograms: every sample of the set counted once, between the set's smallest and largest score
