@@ -51,7 +51,9 @@ def main(args: list[str] | None = None) -> None:
     from ood_lightning.detectors.base import OODDetector
 
     cli = make_cli(args, description=__doc__, model_class=OODDetector)  # None: LightningCLI reads sys.argv itself
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_path(), verbose=False)
+    ckpt_path = cli.checkpoint_path()
+    with cli.checkpoint_errors_explained(ckpt_path):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def main(args: list[str] | None = None) -> None:
     cli = make_cli(args, description=__doc__)  # None: LightningCLI reads sys.argv itself
     # The datamodule offers its ID test split for validation (the training configs validate); detectors do not.
     warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_path())
+    ckpt_path = cli.checkpoint_path()
+    with cli.checkpoint_errors_explained(ckpt_path):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     if isinstance(cli.model, OODDetector):  # the training configs' models have no OOD scores to test
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, TRAINING_MODELS, load_class,
                                         offending_arguments, readable_argument_errors, short_help)
 from ood_lightning.data.datamodule import OODDataModule
-from ood_lightning.safe_load import SafeCheckpointIO, is_url
+from ood_lightning.safe_load import SafeCheckpointIO, is_url, load_checkpoint
 from ood_lightning.wandb_logging import wandb_offline_without_credentials
 
 
@@ -126,6 +128,17 @@ class OODCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {path}: no such file")
         return path
 
+    @contextmanager
+    def checkpoint_errors_explained(self, ckpt_path: str | None) -> Iterator[None]:
+        """Turns torch's list of missing and mis-shaped state-dict keys, raised when --ckpt_path holds weights of
+        another model config, into which options differ and the config the checkpoint was trained with."""
+        try:
+            yield
+        except RuntimeError as error:
+            if ckpt_path is None or "Error(s) in loading state_dict" not in str(error):
+                raise
+            raise CheckpointMismatchError(_mismatch_message(ckpt_path, dict(self.model.hparams))) from None
+
     def _run_roots(self) -> list[Path]:
         """Where this run's checkpoints go: the trainer's default_root_dir and every logger's save_dir."""
         roots = [Path(self.trainer.default_root_dir)]
@@ -133,6 +146,22 @@ class OODCLI(LightningCLI):
             if logger.save_dir and Path(logger.save_dir) not in roots:
                 roots.append(Path(logger.save_dir))
         return roots
+
+
+class CheckpointMismatchError(RuntimeError):
+    """--ckpt_path holds the weights of a model configured differently from the one the config builds."""
+
+
+def _mismatch_message(ckpt_path: str, hparams: dict) -> str:
+    saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+    differing = [f"{key} (checkpoint: {saved.get(key)!r}, this config: {hparams.get(key)!r})"
+                 for key in sorted(set(saved) | set(hparams)) if not key.startswith("_")
+                 and saved.get(key) != hparams.get(key)]
+    run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<file>.ckpt
+    source = f"its run's config is {run_config}: use --config {run_config}" if run_config.is_file() else \
+        "no config.yaml beside its checkpoints/ folder says how it was configured"
+    return (f"--ckpt_path {ckpt_path} holds weights of another model configuration than this config builds; "
+            f"{source}. Options that differ: {'; '.join(differing) or 'none recorded (a different model class?)'}.")
 
 
 def newest_last_checkpoint(roots: list[Path]) -> Path | None:

@@ -1,14 +1,16 @@
 """What the command line says to a person: a short --help that names the detectors and configs, the full help a flag
-away, and argument errors as one line per problem (every problem, with a suggestion), not a usage dump."""
+away, argument errors as one line per problem (every problem, with a suggestion), not a usage dump, and a checkpoint
+of another model config explained by the options that differ."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ood_lightning.cli import make_cli
+from ood_lightning.cli import CheckpointMismatchError, make_cli
 from ood_lightning.detectors.base import OODDetector
-from script_runs import REPO
+from script_runs import REPO, tiny_lfdn
 
 DEMO = str(REPO / "configs" / "lfdn" / "digits_demo.yaml")
 
@@ -67,3 +69,26 @@ def test_a_mapping_in_the_wrong_syntax_gets_an_example(value, capsys):
 def test_no_optimizer_switch_that_would_silently_replace_the_models_own(capsys):
     code, _, err = _exit(["--config", DEMO, "--optimizer", "SGD"], capsys)
     assert code == 2 and "--optimizer: no such option" in err
+
+
+def test_a_checkpoint_of_another_model_config_names_what_differs_and_its_config(tmp_path):
+    """Not torch's list of missing and mis-shaped keys: the options that differ and the config to use instead."""
+    from evaluate import main as evaluate
+    from train import main as train
+
+    config = {"seed_everything": 0,
+              "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path),
+                          "enable_progress_bar": False, "enable_model_summary": False},
+              "model": tiny_lfdn(tmp_path / "cache"),
+              "data": {"benchmark": "digits", "image_size": 32, "batch_size": 16, "train_subset": 16,
+                       "eval_subset": 4}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    train(["--config", str(tmp_path / "config.yaml")])
+    run = tmp_path / "lightning_logs" / "version_0"
+    with pytest.raises(CheckpointMismatchError) as error:
+        evaluate(["--config", str(tmp_path / "config.yaml"), "--model.init_args.hidden_dim", "48",
+                  "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    message = str(error.value)
+    assert "hidden_dim (checkpoint: 32, this config: 48)" in message
+    assert f"use --config {run / 'config.yaml'}" in message and "num_blocks" not in message
+    assert "Missing key" not in message and "size mismatch" not in message
