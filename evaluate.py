@@ -20,6 +20,8 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from ood_lightning.cli_messages import run_entry_point
+
 
 def rescore_main(args: list[str]) -> dict:
     """`evaluate.py --from_scores DIR ...`: report.rescore on an earlier evaluation's folder."""
@@ -57,4 +59,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

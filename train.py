@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from ood_lightning.cli import make_cli
+from ood_lightning.cli_messages import run_entry_point
 from ood_lightning.detectors.base import OODDetector
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "lfdn" / "digits_demo.yaml"
@@ -37,4 +38,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -1,11 +1,14 @@
-"""What the command line says to a person: a short --help that lists the detectors and configs, and argument errors
-rewritten from jsonargparse's reports (every union subtype, the whole given value) into one line per problem."""
+"""What the command line says to a person: a short --help that lists the detectors and configs, argument errors
+rewritten from jsonargparse's reports (every union subtype, the whole given value) into one line per problem, and
+errors that are the user's to fix printed without a traceback."""
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -119,3 +122,18 @@ def _unknown_option_text(arg: str, message: str, known: list[str]) -> str:
         return f"{owner.group(1).rpartition('.')[2]} has no option '{option}'{hint}"
     guess = difflib.get_close_matches(arg, known, n=1)
     return "no such option" + (f" (did you mean {guess[0]}?)" if guess else "")
+
+
+def run_entry_point(main: Callable[[], None]) -> None:
+    """Run an entry point's main. An error the user fixes (a missing or refused file, a checkpoint of another model
+    config) is printed as one line without a traceback, exit status 2; any other error keeps its traceback."""
+    try:
+        main()
+    except Exception as error:
+        from ood_lightning.cli import CheckpointMismatchError
+        from ood_lightning.safe_load import UnsafeCheckpointError
+
+        if not isinstance(error, (FileNotFoundError, UnsafeCheckpointError, CheckpointMismatchError)):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

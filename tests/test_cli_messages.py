@@ -3,6 +3,8 @@ away, argument errors as one line per problem (every problem, with a suggestion)
 of another model config explained by the options that differ."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import yaml
 
 from ood_lightning.cli import CheckpointMismatchError, make_cli
 from ood_lightning.detectors.base import OODDetector
-from script_runs import REPO, tiny_lfdn
+from script_runs import REPO, script_env, tiny_lfdn
 
 DEMO = str(REPO / "configs" / "lfdn" / "digits_demo.yaml")
 
@@ -92,3 +94,15 @@ def test_a_checkpoint_of_another_model_config_names_what_differs_and_its_config(
     assert "hidden_dim (checkpoint: 32, this config: 48)" in message
     assert f"use --config {run / 'config.yaml'}" in message and "num_blocks" not in message
     assert "Missing key" not in message and "size mismatch" not in message
+
+
+def test_a_missing_file_is_one_line_without_a_traceback(tmp_path):
+    """The constructor's message, as the last thing a user sees, not 86 lines of jsonargparse's traceback."""
+    missing = tmp_path / "efficientnet-lite0.pth"
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", DEMO,
+                             "--model.init_args.backbone.init_args.weights", str(missing)],
+                            cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"train.py: error: backbone weights not found: {missing}")
+    assert not (tmp_path / "runs").exists()
