@@ -71,6 +71,19 @@ def wandb_offline_without_credentials(loggers: Iterable) -> bool:
     return True
 
 
+def wandb_save_dir_in_root_dir(loggers: Iterable, root_dir: str | os.PathLike) -> None:
+    """Give a WandbLogger left at its save_dir default ("." = the current directory) the trainer's default_root_dir.
+
+    Its run folder `<save_dir>/<project>/<run id>` (checkpoints, results, config.yaml) and W&B's own
+    `<save_dir>/wandb/` then land under the run's root like every other logger's, not in whatever directory the
+    command ran from (`ood_lightning/<run id>/` inside the source tree, for `--trainer.logger` with project
+    ood_lightning run from the repository). WandbLogger has no setter: this sets the two attributes its save_dir
+    lives in. Call before the W&B run starts (cli.py does)."""
+    for logger in wandb_loggers(loggers):
+        if logger.save_dir in (None, "."):
+            logger._save_dir = logger._wandb_init["dir"] = os.fspath(root_dir)
+
+
 def log_results_to_wandb(loggers: Iterable, results: dict, per_set: Mapping[str, dict],
                          plots: Iterable[Path] = (), step: int | None = None, bins: int = 64) -> None:
     """To each WandbLogger: the results table (a W&B Table under test/results), a histogram of every score of every

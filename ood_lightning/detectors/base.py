@@ -12,11 +12,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
 from ood_lightning.metrics import ScoreCollector
 from ood_lightning.report import build_results, config_hash, print_results, write_results
+from ood_lightning.run_folder import run_folder
 from ood_lightning.wandb_logging import log_image_grid, log_results_to_wandb
 
 
@@ -113,15 +113,11 @@ class OODDetector(L.LightningModule):
             log_results_to_wandb(self.loggers, self.results, per_set, plots, step=self.global_step)
 
     def output_dir(self) -> Path:
-        """The results folder (see `results_dir`). Call on every rank: Trainer.log_dir broadcasts."""
+        """The results folder (see `results_dir`): the run folder of checkpoints and config.yaml by default. Call on
+        every rank: rank 0's folder is broadcast."""
         if self.results_dir:
             return Path(self.results_dir)
-        trainer = self.trainer
-        first = trainer.loggers[0] if trainer.loggers else None
-        if first is None or isinstance(first, (CSVLogger, TensorBoardLogger)):
-            return Path(trainer.log_dir or trainer.default_root_dir)
-        # Other loggers (W&B, MLflow, ...): the folder ModelCheckpoint uses, <save_dir>/<name>/<version>
-        return Path(first.save_dir or trainer.default_root_dir, str(first.name), str(first.version))
+        return Path(self.trainer.strategy.broadcast(str(run_folder(self.trainer))))
 
     def _own_config(self) -> dict:
         """What identifies the run without cli.py: the detector's class and hparams, the datamodule's hparams."""

@@ -1,0 +1,106 @@
+"""Every file of a run in its run folder, whichever logger (issue 15): W&B left at its save_dir default writes under
+default_root_dir, LightningCLI's config.yaml goes beside the checkpoints, and a run that fails before writing anything
+else leaves no folder behind. Lightning's BoringModel keeps these runs to a few steps."""
+import lightning as L
+import pytest
+from jsonargparse import ArgumentParser
+from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from test_wandb import wandb_env  # noqa: F401 (fixture)
+
+from ood_lightning.run_folder import RunConfigCallback, remove_unused_run_folder, run_folder
+from ood_lightning.wandb_logging import wandb_save_dir_in_root_dir
+
+
+def config_callback() -> RunConfigCallback:
+    parser = ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    return RunConfigCallback(parser, parser.parse_args([]), overwrite=True)
+
+
+def trainer(root, logger=True, **kwargs) -> L.Trainer:
+    return L.Trainer(default_root_dir=str(root), logger=logger, callbacks=[config_callback()], accelerator="cpu",
+                     max_steps=2, limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+def files_under(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_wandb_at_its_default_save_dir_writes_only_under_default_root_dir(wandb_env, monkeypatch):
+    """docs/wandb.md's one-liner: a WandbLogger with a project and no save_dir. Before, run from the repository, it
+    wrote checkpoints into ./ood_lightning/<run id>/, config.yaml into ./ and W&B's files into ./wandb/."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_DIR")  # W&B's own files follow save_dir, as for a user
+    cwd = wandb_env / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    logger = WandbLogger(project="ood_lightning", offline=True)
+    t = trainer("runs/demo", logger=logger)
+    wandb_save_dir_in_root_dir(t.loggers, t.default_root_dir)
+    try:
+        t.fit(BoringModel(), datamodule=BoringDataModule())
+    finally:
+        wandb.finish()
+
+    assert [p.name for p in cwd.iterdir()] == ["runs"]
+    run = cwd / "runs" / "demo" / "ood_lightning" / logger.version
+    assert run_folder(t) == run.relative_to(cwd)
+    assert files_under(run) == ["checkpoints/epoch=0-step=2.ckpt", "config.yaml"]
+    assert sorted(p.name for p in (cwd / "runs" / "demo").iterdir()) == ["ood_lightning", "wandb"]
+    assert len(list((cwd / "runs" / "demo" / "wandb").glob(f"offline-run-*-{logger.version}"))) == 1
+
+
+def test_explicit_wandb_save_dir_is_kept(wandb_env):
+    logger = WandbLogger(project="p", save_dir=str(wandb_env / "mine"), offline=True)
+    wandb_save_dir_in_root_dir([logger, CSVLogger(wandb_env)], wandb_env / "runs")
+    assert logger.save_dir == str(wandb_env / "mine")
+
+
+class FailingSetup(BoringDataModule):
+    def setup(self, stage):
+        raise FileNotFoundError("no data folder")
+
+
+def test_run_failing_in_setup_leaves_no_folder(tmp_path):
+    """Issue 15: 6 of 16 failed runs left an empty or config-only version_N (the loggers create it before the data
+    are read). Now the folders the run made under default_root_dir go; the root and the runs before it stay."""
+    (tmp_path / "lightning_logs" / "version_0" / "checkpoints").mkdir(parents=True)  # an earlier run
+    (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError, match="no data folder"):
+        trainer(tmp_path).fit(BoringModel(), datamodule=FailingSetup())
+    assert files_under(tmp_path) == ["lightning_logs/version_0/checkpoints/last.ckpt"]
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError, match="no data folder"):
+        trainer(fresh).fit(BoringModel(), datamodule=FailingSetup())
+    assert list(fresh.iterdir()) == []
+
+
+def test_run_failing_on_its_checkpoint_leaves_no_config_only_folder(tmp_path):
+    """A refused --ckpt_path fails after config.yaml is written: that folder went too."""
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    t = trainer(tmp_path / "runs")
+    with pytest.raises(Exception):
+        t.fit(BoringModel(), datamodule=BoringDataModule(), ckpt_path=str(bad))
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_folder_holding_more_than_startup_files_is_kept(tmp_path):
+    logger = CSVLogger(tmp_path)
+    t = trainer(tmp_path, logger=logger)
+    logger.experiment  # creates the run folder, as a run's start does
+    folder = run_folder(t)
+    (folder / "checkpoints").mkdir()
+    (folder / "config.yaml").write_text("lr: 0.1\n")
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    assert not remove_unused_run_folder(t)
+    (folder / "checkpoints" / "last.ckpt").unlink()
+    logger.log_metrics({"train/loss": 1.0}, step=0)  # held by the logger, not yet on disk: saved, then kept
+    assert not remove_unused_run_folder(t)
+    assert files_under(folder) == ["config.yaml", "metrics.csv"]
+    (folder / "metrics.csv").unlink()
+    assert remove_unused_run_folder(t) and not folder.exists() and tmp_path.is_dir()
