@@ -48,6 +48,7 @@ class Mutant:
     edits: tuple[tuple[str, str], ...]  # (original text, replacement), each original found exactly once
     tests: tuple[str, ...]
     what: str
+    earlier: tuple[tuple[tuple[str, str], ...], ...] = ()  # the same mutation as written for older code (--rev)
 
 
 M = "ood_lightning/metrics.py"
@@ -81,11 +82,14 @@ MUTANTS: tuple[Mutant, ...] = (
                        'ood_scores, id_scores = id_set["scores"][score], s["scores"][score]'),),
            METRICS_TESTS, "ID and OOD scores swapped when the table is built"),
     Mutant("M09", R, (('"AUROC %", "AUPR-In %", "AUPR-Out %",', '"AUROC %", "AUPR-Out %", "AUPR-In %",'),),
-           METRICS_TESTS, "Markdown header names AUPR-In / AUPR-Out in the wrong columns"),
+           METRICS_TESTS, "Markdown header names AUPR-In / AUPR-Out in the wrong columns",
+           earlier=((('"AUROC", "AUPR-In", "AUPR-Out",', '"AUROC", "AUPR-Out", "AUPR-In",'),),)),
     Mutant("M10", R, (('"FPR95 % (ID 95%)", "FPR95 % (OpenOOD)"', '"FPR95 % (OpenOOD)", "FPR95 % (ID 95%)"'),),
-           METRICS_TESTS, "Markdown header names the two FPR95 conventions in the wrong columns"),
+           METRICS_TESTS, "Markdown header names the two FPR95 conventions in the wrong columns",
+           earlier=((('"FPR95 (ID 95%)", "FPR95 (OpenOOD)"', '"FPR95 (OpenOOD)", "FPR95 (ID 95%)"'),),)),
     Mutant("M11", R, (("else 100 * m[metric]", "else m[metric]"),),
-           METRICS_TESTS, "CSV and Markdown metrics as fractions while the headers say percent"),
+           METRICS_TESTS, "CSV and Markdown metrics as fractions while the headers say percent",
+           earlier=((('f"{100 * r[m]:.2f}"', 'f"{r[m]:.2f}"'),),)),  # before the CSV was in percent too
     Mutant("M12", R, (('row["n_skipped"] = sum(rows[n]["n_skipped"]', 'row["n_skipped"] = max(rows[n]["n_skipped"]'),),
            METRICS_TESTS, "group rows' skipped count is the max, not the sum"),
     # ---- LFDN: which network scores, noise level, options, signs
@@ -176,10 +180,14 @@ def run_mutant(mutant: Mutant, tree: Path, python: str, timeout: float, control:
     """Apply, test, restore; returns (status, seconds, the first failure or why it did not run)."""
     path = tree / mutant.path
     original = path.read_text()
+    for edits in (mutant.edits, *mutant.earlier):  # the first form whose original text is there exactly once
+        if all(original.count(old) == 1 for old, _ in edits):
+            break
+    else:
+        missing = [old for old, _ in mutant.edits if original.count(old) != 1]
+        return "stale", 0.0, f"{missing[0]!r} not found exactly once in {mutant.path}"
     mutated = original
-    for old, new in mutant.edits:
-        if mutated.count(old) != 1:
-            return "stale", 0.0, f"{old!r} found {mutated.count(old)} times in {mutant.path}"
+    for old, new in edits:
         mutated = mutated.replace(old, new)
     tests = present(tree, mutant.tests)
     if not tests:
