@@ -19,7 +19,8 @@ from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, T
                                         offending_arguments, readable_argument_errors, short_help)
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.safe_load import SafeCheckpointIO, is_url, load_checkpoint
-from ood_lightning.wandb_logging import wandb_offline_without_credentials
+from ood_lightning.run_folder import RunConfigCallback
+from ood_lightning.wandb_logging import wandb_offline_without_credentials, wandb_save_dir_in_root_dir
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -106,6 +107,7 @@ class OODCLI(LightningCLI):
         self.model.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
         self.model.write_plots = bool(config.get("plots", True))
         wandb_offline_without_credentials(self.trainer.loggers)
+        wandb_save_dir_in_root_dir(self.trainer.loggers, self.trainer.default_root_dir)
 
     def checkpoint_path(self) -> str | None:
         """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);
@@ -224,6 +226,7 @@ def make_cli(args: list[str] | None, description: str,
         args=args,
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"description": description, "formatter_class": _HelpFormatter, "exit_on_error": False},

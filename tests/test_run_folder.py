@@ -1,11 +1,14 @@
 """Every file of a run in its run folder, whichever logger (issue 15): W&B left at its save_dir default writes under
 default_root_dir, LightningCLI's config.yaml goes beside the checkpoints, and a run that fails before writing anything
 else leaves no folder behind. Lightning's BoringModel keeps these runs to a few steps."""
+import json
+
 import lightning as L
 import pytest
 from jsonargparse import ArgumentParser
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from script_runs import tiny_lfdn
 from test_wandb import wandb_env  # noqa: F401 (fixture)
 
 from ood_lightning.run_folder import RunConfigCallback, remove_unused_run_folder, run_folder
@@ -104,3 +107,50 @@ def test_a_folder_holding_more_than_startup_files_is_kept(tmp_path):
     assert files_under(folder) == ["config.yaml", "metrics.csv"]
     (folder / "metrics.csv").unlink()
     assert remove_unused_run_folder(t) and not folder.exists() and tmp_path.is_dir()
+
+
+# ---- through train.py, as a user runs it (the CLI installs RunConfigCallback and calls wandb_save_dir_in_root_dir)
+def tiny_config(tmp_path, **data) -> dict:
+    return {"model": tiny_lfdn(tmp_path / "cache"), "plots": False,
+            "trainer": {"max_epochs": 1, "default_root_dir": "runs/tiny", "enable_progress_bar": False},
+            "data": {"benchmark": "digits", "image_size": 32, "batch_size": 8, "train_subset": 16, "eval_subset": 8,
+                     **data}}
+
+
+def test_documented_wandb_one_liner_writes_only_into_the_run_folder(wandb_env, monkeypatch):
+    """docs/wandb.md's command, run from a working directory: before, results and checkpoints went to
+    ./ood_lightning/<run id>/, config.yaml to ./ (overwritten by the next run) and W&B's files to ./wandb/."""
+    import train
+    import wandb
+
+    monkeypatch.delenv("WANDB_DIR")
+    cwd = wandb_env / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    (wandb_env / "config.json").write_text(json.dumps(tiny_config(wandb_env)))
+    try:
+        train.main(["--config", str(wandb_env / "config.json"), "--trainer.logger",
+                    "{class_path: lightning.pytorch.loggers.WandbLogger, init_args: {project: ood_lightning, "
+                    "offline: true}}"])
+    finally:
+        wandb.finish()
+    assert [p.name for p in cwd.iterdir()] == ["runs"]
+    root = cwd / "runs" / "tiny"
+    assert sorted(p.name for p in root.iterdir()) == ["ood_lightning", "wandb"]
+    (run,) = (root / "ood_lightning").iterdir()  # <project>/<run id>: config, checkpoints and results together
+    written = set(files_under(run))
+    assert {"config.yaml", "results.json", "results.csv", "results.md", "checkpoints/last.ckpt"} <= written
+    assert len(list((root / "wandb").glob(f"offline-run-*-{run.name}"))) == 1
+
+
+def test_train_py_failing_on_a_missing_data_folder_leaves_no_run_folder(tmp_path, monkeypatch):
+    """The issue's trial: a run stopped by a missing data folder left runs/<name>/lightning_logs/version_N."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, benchmark="folders", id_test=str(tmp_path / "no" / "test"),
+                         ood={"x": str(tmp_path / "no" / "ood")})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="2 path"):
+        train.main(["--config", str(tmp_path / "config.json")])
+    assert list((tmp_path / "runs" / "tiny").iterdir()) == []
