@@ -93,6 +93,9 @@ class OODCLI(LightningCLI):
         self.parser.add_instantiator(_ConfiguredModelInstantiator(cli=self, key="model"),
                                      _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
 
+    def before_instantiate_classes(self) -> None:
+        wandb_save_dir_in_root_dir(self.config.trainer)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -107,7 +110,6 @@ class OODCLI(LightningCLI):
         self.model.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
         self.model.write_plots = bool(config.get("plots", True))
         wandb_offline_without_credentials(self.trainer.loggers)
-        wandb_save_dir_in_root_dir(self.trainer.loggers, self.trainer.default_root_dir)
 
     def checkpoint_path(self) -> str | None:
         """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);

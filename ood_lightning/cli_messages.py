@@ -49,7 +49,7 @@ def short_help(prog: str, description: str) -> str:
     lines += ["", "Models train.py trains for DiffGuard (configs/diffusion/, configs/classifier/):"]
     lines += [f"  {cls.__name__:<{width}}{_first_line(cls)}" for cls in classes["training"]]
     if CONFIG_DIR.is_dir():
-        lines += ["", f"Configs (--config; each file's opening comment says what it runs; README: 'Configs'):"]
+        lines += ["", "Configs (--config; each file's opening comment says what it runs; README: 'Configs'):"]
         for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
             names = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
             lines.append(f"  configs/{folder.name}/: {names}")

@@ -71,17 +71,19 @@ def wandb_offline_without_credentials(loggers: Iterable) -> bool:
     return True
 
 
-def wandb_save_dir_in_root_dir(loggers: Iterable, root_dir: str | os.PathLike) -> None:
-    """Give a WandbLogger left at its save_dir default ("." = the current directory) the trainer's default_root_dir.
+def wandb_save_dir_in_root_dir(trainer_config) -> None:
+    """In the parsed trainer config (before the loggers exist): give a WandbLogger left at its save_dir default (".",
+    the current directory) the trainer's default_root_dir.
 
     Its run folder `<save_dir>/<project>/<run id>` (checkpoints, results, config.yaml) and W&B's own
     `<save_dir>/wandb/` then land under the run's root like every other logger's, not in whatever directory the
     command ran from (`ood_lightning/<run id>/` inside the source tree, for `--trainer.logger` with project
-    ood_lightning run from the repository). WandbLogger has no setter: this sets the two attributes its save_dir
-    lives in. Call before the W&B run starts (cli.py does)."""
-    for logger in wandb_loggers(loggers):
-        if logger.save_dir in (None, "."):
-            logger._save_dir = logger._wandb_init["dir"] = os.fspath(root_dir)
+    ood_lightning run from the repository). cli.py calls it before instantiating the trainer."""
+    loggers = trainer_config.logger if isinstance(trainer_config.logger, list) else [trainer_config.logger]
+    for logger in loggers:
+        class_path = getattr(logger, "class_path", "") or ""
+        if class_path.rsplit(".", 1)[-1] == "WandbLogger" and logger.init_args.get("save_dir") in (None, "."):
+            logger.init_args.save_dir = trainer_config.default_root_dir
 
 
 def log_results_to_wandb(loggers: Iterable, results: dict, per_set: Mapping[str, dict],

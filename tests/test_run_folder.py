@@ -7,12 +7,11 @@ import lightning as L
 import pytest
 from jsonargparse import ArgumentParser
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger
 from script_runs import tiny_lfdn
 from test_wandb import wandb_env  # noqa: F401 (fixture)
 
 from ood_lightning.run_folder import RunConfigCallback, remove_unused_run_folder, run_folder
-from ood_lightning.wandb_logging import wandb_save_dir_in_root_dir
 
 
 def config_callback() -> RunConfigCallback:
@@ -30,35 +29,16 @@ def files_under(folder) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def test_wandb_at_its_default_save_dir_writes_only_under_default_root_dir(wandb_env, monkeypatch):
-    """docs/wandb.md's one-liner: a WandbLogger with a project and no save_dir. Before, run from the repository, it
-    wrote checkpoints into ./ood_lightning/<run id>/, config.yaml into ./ and W&B's files into ./wandb/."""
-    import wandb
+@pytest.mark.parametrize("save_dir", [None, "elsewhere"])
+def test_a_wandb_logger_without_save_dir_gets_default_root_dir(save_dir, wandb_env, tmp_path):
+    """WandbLogger's own default is the current directory; an explicit save_dir is kept."""
+    from ood_lightning.cli import make_cli
 
-    monkeypatch.delenv("WANDB_DIR")  # W&B's own files follow save_dir, as for a user
-    cwd = wandb_env / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    logger = WandbLogger(project="ood_lightning", offline=True)
-    t = trainer("runs/demo", logger=logger)
-    wandb_save_dir_in_root_dir(t.loggers, t.default_root_dir)
-    try:
-        t.fit(BoringModel(), datamodule=BoringDataModule())
-    finally:
-        wandb.finish()
-
-    assert [p.name for p in cwd.iterdir()] == ["runs"]
-    run = cwd / "runs" / "demo" / "ood_lightning" / logger.version
-    assert run_folder(t) == run.relative_to(cwd)
-    assert files_under(run) == ["checkpoints/epoch=0-step=2.ckpt", "config.yaml"]
-    assert sorted(p.name for p in (cwd / "runs" / "demo").iterdir()) == ["ood_lightning", "wandb"]
-    assert len(list((cwd / "runs" / "demo" / "wandb").glob(f"offline-run-*-{logger.version}"))) == 1
-
-
-def test_explicit_wandb_save_dir_is_kept(wandb_env):
-    logger = WandbLogger(project="p", save_dir=str(wandb_env / "mine"), offline=True)
-    wandb_save_dir_in_root_dir([logger, CSVLogger(wandb_env)], wandb_env / "runs")
-    assert logger.save_dir == str(wandb_env / "mine")
+    init = {"project": "p", "offline": True, **({"save_dir": str(tmp_path / save_dir)} if save_dir else {})}
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(tmp_path)))
+    cli = make_cli(["--config", str(tmp_path / "config.json"), "--trainer.logger",
+                    json.dumps({"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": init})], "t")
+    assert cli.trainer.loggers[0].save_dir == (str(tmp_path / save_dir) if save_dir else "runs/tiny")
 
 
 class FailingSetup(BoringDataModule):
@@ -109,7 +89,7 @@ def test_a_folder_holding_more_than_startup_files_is_kept(tmp_path):
     assert remove_unused_run_folder(t) and not folder.exists() and tmp_path.is_dir()
 
 
-# ---- through train.py, as a user runs it (the CLI installs RunConfigCallback and calls wandb_save_dir_in_root_dir)
+# ---- through train.py, as a user runs it (the CLI installs RunConfigCallback and sets W&B's save_dir)
 def tiny_config(tmp_path, **data) -> dict:
     return {"model": tiny_lfdn(tmp_path / "cache"), "plots": False,
             "trainer": {"max_epochs": 1, "default_root_dir": "runs/tiny", "enable_progress_bar": False},
