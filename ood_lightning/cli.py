@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, TRAINING_MODELS, load_class,
                                         offending_arguments, readable_argument_errors, short_help)
+from ood_lightning.config_files import WHERE_TO_GET_THEM, missing_files
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.safe_load import SafeCheckpointIO, is_url, load_checkpoint
 from ood_lightning.run_folder import RunConfigCallback
@@ -94,6 +95,12 @@ class OODCLI(LightningCLI):
                                      _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
 
     def before_instantiate_classes(self) -> None:
+        """Before any model is built: every file the config names must exist (all missing ones in one message);
+        W&B without a save_dir writes under the trainer's default_root_dir."""
+        missing = missing_files(self.config.as_dict())
+        if missing:
+            raise FileNotFoundError("\n".join([f"{len(missing)} file(s) this config names are missing:",
+                                                *(f"  {line}" for line in missing), WHERE_TO_GET_THEM]))
         wandb_save_dir_in_root_dir(self.config.trainer)
 
     def instantiate_classes(self) -> None:

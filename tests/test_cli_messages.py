@@ -106,3 +106,17 @@ def test_a_missing_file_is_one_line_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"train.py: error: backbone weights not found: {missing}")
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_missing_file_of_a_config_is_reported_at_once_before_any_work(tmp_path, monkeypatch):
+    """DiffGuard's released ImageNet config names four files; a user without them learns of all four in one run."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        make_cli(["--config", str(REPO / "configs" / "diffguard" / "imagenet_gdm.yaml")], "t", OODDetector)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "4 file(s) this config names are missing:"
+    assert lines[1:5] == ["  --model.init_args.diffusion_model: checkpoints/256x256_diffusion_uncond.pt does not exist",
+                          "  --model.init_args.classifier_weights: checkpoints/resnet50-19c8e357.pth does not exist",
+                          "  --model.init_args.vgg16_weights: checkpoints/vgg16-397923af.pth does not exist",
+                          "  --model.init_args.dists_weights: checkpoints/dists_weights.pt does not exist"]
+    assert "checkpoints/README.md" in lines[5]

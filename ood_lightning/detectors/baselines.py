@@ -119,6 +119,7 @@ class ClassifierBaselines(OODDetector):
     """
 
     extra_names = ("prediction",)  # the classifier's argmax, saved per sample in scores/<set>.npz
+    file_options = {"classifier_weights": ()}  # init arguments that name local files (see config_files.py)
 
     def __init__(
         self,

@@ -23,6 +23,9 @@ class DiffGuardDetector(OODDetector):
     """
 
     extra_names: tuple[str, ...] = ("prediction", "target")
+    # init arguments that name local files (checked before any work, see config_files.py)
+    file_options = {"diffusion_model": (), "classifier_weights": (), "vgg16_weights": (), "dists_weights": (),
+                    "lpips_weights": ()}
 
     def __init__(self, classifier: str, classifier_weights: str | None, num_classes: int | None,
                  mean: list[float] | None, std: list[float] | None, reference: str, similarities: list[str],
