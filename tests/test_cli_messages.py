@@ -97,14 +97,17 @@ def test_a_checkpoint_of_another_model_config_names_what_differs_and_its_config(
 
 
 def test_a_missing_file_is_one_line_without_a_traceback(tmp_path):
-    """The constructor's message, as the last thing a user sees, not 86 lines of jsonargparse's traceback."""
+    """The file and where to look, as the last thing a user sees, not 86 lines of jsonargparse's traceback."""
     missing = tmp_path / "efficientnet-lite0.pth"
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", DEMO,
                              "--model.init_args.backbone.init_args.weights", str(missing)],
                             cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"train.py: error: backbone weights not found: {missing}")
+    assert result.stderr.strip().splitlines()[-3:] == [
+        "train.py: error: 1 file(s) this config names are missing:",
+        f"  --model.init_args.backbone.init_args.weights: {missing} does not exist",
+        "checkpoints/README.md says what each file is and where to get it; nothing is downloaded."]
     assert not (tmp_path / "runs").exists()
 
 
