@@ -41,5 +41,7 @@ class RNGStateCheckpoint(Callback):
 
 
 def resumable_checkpoints() -> list[L.Callback]:
-    """The callbacks of every training module: `last.ckpt` after each epoch, with the RNG states in it."""
-    return [ModelCheckpoint(save_last=True), RNGStateCheckpoint()]
+    """The callbacks of every training module: `last.ckpt` after each epoch, with the RNG states in it, and no other
+    file: with no metric to rank epochs by, the newest checkpoint is the one kept (save_top_k=1) and it is named last
+    (save_last=True would write a second, identical copy beside it)."""
+    return [ModelCheckpoint(filename="last", enable_version_counter=False), RNGStateCheckpoint()]
