@@ -10,7 +10,9 @@ from ood_lightning.cli import make_cli
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.similarity import dists_similarity_unclamped
 from ood_lightning.noise import sample_seed
+from ood_lightning.training.diffusion import ClassConditionalDiffusion
 from piq_weights import write_piq_weight_files
+from script_runs import TINY_UNET
 
 N = 6  # images per test set
 
@@ -164,3 +166,39 @@ def test_early_stop_rule_is_psnr_or_dists(unet_dir, tmp_path):
         assert both.should_stop(near, image, rows).tolist() == [True, True]
         assert psnr_only.should_stop(far, image, rows).tolist() == [True, True]
         assert both.stop_dists is not None and psnr_only.stop_dists is None
+
+
+@pytest.fixture(scope="module")
+def three_class_export(tmp_path_factory):
+    """What configs/diffusion/ exports for 3 classes: a UNet with 4 class embeddings and diffguard.json (null class
+    3, linear schedule 1e-4 -> 0.02 over 1000 steps)."""
+    torch.manual_seed(0)
+    model = ClassConditionalDiffusion(**{**TINY_UNET, "num_classes": 3})
+    return model.export(tmp_path_factory.mktemp("three_classes") / "unet")
+
+
+def _on_export(folder, **model):
+    return DiffGuardGDM(diffusion_model=str(folder), classifier="cifar_resnet20", classifier_weights=None,
+                        num_classes=3, num_steps=10, max_inversion_steps=5, stop_dists_similarity=None,
+                        similarities=["l2"], cutouts=0, cutout_size=16, **model)
+
+
+def test_the_null_class_comes_from_the_export(three_class_export):
+    gdm = _on_export(three_class_export)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    t = torch.full((2,), gdm.schedule.timesteps[3])
+    expected = gdm.unet(x, t, class_labels=torch.full((2,), 3)).sample
+    torch.testing.assert_close(gdm.eps(x, 3, torch.arange(2)), expected, rtol=0, atol=0)
+
+
+def test_a_null_class_contradicting_the_export_is_refused_before_any_work(three_class_export):
+    with pytest.raises(ValueError) as error:
+        _on_export(three_class_export, null_class=5)
+    assert str(error.value) == (f"null_class is 5 in this config but 3 in {three_class_export}/diffguard.json, the "
+                                "null class the model was trained with; leave null_class out (it is read from there)")
+    assert _on_export(three_class_export, null_class=3).null_class == 3  # the same value is fine
+
+
+def test_a_schedule_other_than_the_exports_is_refused(three_class_export):
+    with pytest.raises(ValueError, match="beta_end is 0.012 here but 0.02 in training"):
+        _on_export(three_class_export, beta_end=0.012)

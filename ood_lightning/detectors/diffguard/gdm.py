@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ood_lightning.training.diffusion import EXPORT_INFO
+
 from .ddim import RespacedSchedule
 from .detector import DiffGuardDetector
 from .guidance import CleanGradGuidance, Cutouts
 from .inversion import invert
-from .models import load_pixel_unet
+from .models import check_training_schedule, load_pixel_unet, read_export_info
 from .resynthesis import resynthesize
 from .similarity import build_distance, dists_similarity_unclamped, psnr_db
 
@@ -62,7 +64,8 @@ class DiffGuardGDM(DiffGuardDetector):
         similarities: Distances to score with: dists, lpips, ssim, psnr, l2, logits_l1.
         oracle: Guide toward the true label for in-distribution images and a random label for OOD ones (the
             paper's upper bound; needs labels on the ID set).
-        null_class: For a class-conditional UNet2DModel, the class index that means "unconditional".
+        null_class: For a class-conditional UNet2DModel, the class index that means "unconditional"; read from the
+            diffguard.json of a model trained by configs/diffusion/ (a different value here is refused).
         vgg16_weights: torchvision's vgg16-397923af.pth (DISTS, LPIPS and the DISTS stop rule need it).
         dists_weights: piq's DISTS weight file.
         lpips_weights: piq's LPIPS weight file.
@@ -117,6 +120,14 @@ class DiffGuardGDM(DiffGuardDetector):
         self.schedule = RespacedSchedule(num_steps, beta_schedule, beta_start, beta_end, num_train_timesteps)
         if not 0 < max_inversion_steps <= num_steps:
             raise ValueError(f"max_inversion_steps must be in [1, {num_steps}], got {max_inversion_steps}")
+        self.null_class = null_class
+        if (info := read_export_info(diffusion_model)) is not None:  # a model trained by configs/diffusion/
+            check_training_schedule(diffusion_model, info, self.hparams)
+            if null_class not in (None, info["null_class"]):
+                raise ValueError(f"null_class is {null_class} in this config but {info['null_class']} in "
+                                 f"{diffusion_model}/{EXPORT_INFO}, the null class the model was trained with; "
+                                 "leave null_class out (it is read from there)")
+            self.null_class = info["null_class"]
         self.unet = load_pixel_unet(diffusion_model, adm_num_head_channels)
         self.stop_dists = None  # the DISTS of the early-stop rule: the scoring one when that is on (one VGG copy)
         if stop_dists_similarity is not None:
@@ -130,8 +141,8 @@ class DiffGuardGDM(DiffGuardDetector):
         """Epsilon at respaced index k: the UNet at training timestep timesteps[k], first C output channels (the
         rest are guided-diffusion's learned variance)."""
         labels = None
-        if self.hparams.null_class is not None:
-            labels = torch.full((len(x),), self.hparams.null_class, dtype=torch.int64, device=x.device)
+        if self.null_class is not None:
+            labels = torch.full((len(x),), self.null_class, dtype=torch.int64, device=x.device)
         t = torch.full((len(x),), self.schedule.timesteps[k], dtype=torch.int64, device=x.device)
         out = self.unet(x, t, class_labels=labels).sample
         return out[:, : x.shape[1]].float()

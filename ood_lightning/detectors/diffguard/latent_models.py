@@ -27,7 +27,6 @@ set are not a clean far-OOD signal.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -37,10 +36,7 @@ from torch import Tensor, nn
 from ood_lightning.training.diffusion import EXPORT_INFO
 
 from .ldm_checkpoint import LatentDiffusionParts, load_ldm_checkpoint, load_ldm_parts
-from .models import load_pixel_unet
-
-# The diffguard.json fields that must equal the DiffGuardLDM config's schedule fields of the same names.
-SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
+from .models import SCHEDULE_KEYS, load_pixel_unet, read_export_info
 
 
 class LatentDiffusionModel(nn.Module):
@@ -178,11 +174,7 @@ class PixelDiffusion(LatentDiffusionModel):
 
 def load_pixel_diffusion(folder: str | Path) -> PixelDiffusion:
     """The export folder of `configs/diffusion/` (a diffusers UNet2DModel folder with diffguard.json)."""
-    folder = Path(folder)
-    info = json.loads((folder / EXPORT_INFO).read_text())
-    if missing := [key for key in ("null_class", *SCHEDULE_KEYS) if key not in info]:
-        raise ValueError(f"{folder / EXPORT_INFO} lacks {missing}; re-export the model with this project's "
-                         "ClassConditionalDiffusion")
+    info = read_export_info(folder)
     unet = load_pixel_unet(str(folder))
     if unet.config.num_class_embeds != info["null_class"] + 1:
         raise ValueError(f"{folder}: the UNet has {unet.config.num_class_embeds} class embeddings but "

@@ -31,6 +31,7 @@ from .cam import GradCAMMask
 from .ddim import train_betas
 from .detector import DiffGuardDetector
 from .latent_models import load_latent_model
+from .models import check_training_schedule
 
 EpsFn = Callable[[Tensor, int, Tensor], Tensor]  # (latents, training timestep, class labels) -> epsilon
 
@@ -200,11 +201,7 @@ class DiffGuardLDM(DiffGuardDetector):
                                                      num_train_timesteps, steps_offset, set_alpha_to_one)
         self.latent_model = load_latent_model(diffusion_model)
         self.latent_model.latent_shape(image_size)  # refuses a size the model cannot take, before any work
-        trained = self.latent_model.training_schedule or {}
-        if wrong := {key: (self.hparams[key], value) for key, value in trained.items() if self.hparams[key] != value}:
-            raise ValueError(f"{diffusion_model} was trained with a different noise schedule than this config's: "
-                             + ", ".join(f"{key} is {ours!r} here but {value!r} in training"
-                                         for key, (ours, value) in wrong.items()))
+        check_training_schedule(diffusion_model, self.latent_model.training_schedule or {}, self.hparams)
         if self.classifier.num_classes > self.latent_model.num_classes:
             raise ValueError(f"the classifier predicts {self.classifier.num_classes} classes but the diffusion model "
                              f"knows {self.latent_model.num_classes} (null class {self.latent_model.null_class}): "
