@@ -363,6 +363,16 @@ class MultiLayerFeatures(nn.Module):
                 f"neck=bilinear_align_corners/stride{self.neck_stride}+mean, mean={self.image_mean}, "
                 f"std={self.image_std}, static_same_padding={self.static_same_padding}, weights={weights})")
 
+    def preprocessing(self) -> dict:
+        """What shapes the features, as plain values that a checkpoint of weights trained on them stores (compared
+        when it is loaded). The weights file goes by name and size, not path, so a run copied elsewhere matches."""
+        weights = None if self.weights_path is None else \
+            f"{Path(self.weights_path).name} ({Path(self.weights_path).stat().st_size} bytes)"
+        return {"model_name": self.model_name, "out_indices": list(self.out_indices), "neck_stride": self.neck_stride,
+                "mean": list(self.image_mean), "std": list(self.image_std),
+                "static_same_padding": self.static_same_padding, "weights": weights,
+                "group_sizes": list(self.group_sizes)}
+
     def extra_repr(self) -> str:
         weights = self.weights_path or "random"
         return f"group_sizes={self.group_sizes}, feature_dim={self.feature_dim}, weights={weights}"

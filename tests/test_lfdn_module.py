@@ -22,9 +22,10 @@ from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
 
 
 def tiny_detector(tmp_path: Path, **kwargs) -> LFDNDetector:
+    """Scored untrained on purpose (allow_untrained): these tests check the evaluation's wiring, not its numbers."""
     backbone = MultiLayerFeatures("tf_efficientnet_lite0", weights=None)
     return LFDNDetector(
-        backbone, hidden_dim=64, num_blocks=2, cache_dir=str(tmp_path / "cache"), **kwargs
+        backbone, hidden_dim=64, num_blocks=2, cache_dir=str(tmp_path / "cache"), allow_untrained=True, **kwargs
     )
 
 

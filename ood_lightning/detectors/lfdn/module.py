@@ -4,11 +4,14 @@ The image -> feature step runs once through the feature cache (see feature_cache
 datamodule's image datasets are swapped for cached feature datasets, so every epoch reads vectors, not images.
 Three copies of the denoiser live in the module: the trained weights, their EMA (used for scoring, as the
 reference does), and the EMA frozen after the first epoch (the reference's checkpoint-0, needed by the LR
-score). One checkpoint therefore carries everything evaluation needs.
+score). One checkpoint therefore carries everything evaluation needs, except a pretrained backbone, which the config
+reloads from its file; it records the preprocessing the weights were trained on, and loading it under any other is
+refused.
 """
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from jsonargparse import lazy_instance
@@ -24,6 +27,10 @@ from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_integers, sample_noise
 from ood_lightning.resume import resumable_checkpoints
+
+# The checkpoint entry recording what the weights were trained on (LFDNDetector.preprocessing).
+PREPROCESSING = "lfdn_preprocessing"
+log = logging.getLogger(__name__)
 
 
 class LFDNDetector(OODDetector):
@@ -53,6 +60,10 @@ class LFDNDetector(OODDetector):
         cache_dir: where backbone features are cached.
         official_checkpoints: score the released code's checkpoints instead of trained weights: the paths of
             its checkpoint-0.pth (first epoch, for LR) and checkpoint-last.pth.
+        allow_untrained: score weights that were never trained (tests, debugging); otherwise testing without a
+            trained checkpoint or official_checkpoints is refused, since its scores would be meaningless.
+        allow_preprocessing_mismatch: load a checkpoint whose weights were trained on other features (image size,
+            normalisation, backbone, taps, weights file) than this config gives; otherwise that is refused.
         results_dir: where results files go; default: the trainer's log directory.
     """
 
@@ -78,6 +89,8 @@ class LFDNDetector(OODDetector):
         seed: int = 0,
         cache_dir: str = ".cache/features",
         official_checkpoints: list[str] | None = None,
+        allow_untrained: bool = False,
+        allow_preprocessing_mismatch: bool = False,
         results_dir: str | None = None,
     ):
         super().__init__(results_dir=results_dir)
@@ -126,6 +139,17 @@ class LFDNDetector(OODDetector):
             }
 
     def on_test_start(self) -> None:
+        # Here, after Lightning restored any --ckpt_path: only then is it known which weights get scored.
+        trained = int(self.ema_updates) > 0 or self.hparams.official_checkpoints is not None
+        if not (trained or self.hparams.allow_untrained):
+            raise RuntimeError(
+                "LFDNDetector has no trained weights to score (its EMA was never updated and no official checkpoints "
+                "were loaded): the scores would be those of a random network. Give it trained weights with one of\n"
+                "  --ckpt_path RUN/checkpoints/last.ckpt   (a checkpoint of a train.py run)\n"
+                "  --ckpt_path last                        (the newest last.ckpt under trainer.default_root_dir)\n"
+                "  --model.init_args.official_checkpoints '[checkpoint-0.pth, checkpoint-last.pth]'   (the released "
+                "code's files)\n"
+                "or set --model.init_args.allow_untrained true to score untrained weights on purpose.")
         super().on_test_start()
         for name, ds in self.trainer.datamodule.test_sets.items():
             self.record_skipped(name, ds.skipped)
@@ -133,6 +157,42 @@ class LFDNDetector(OODDetector):
     def configure_callbacks(self):
         # last.ckpt for resuming; it also carries the first-epoch EMA that the LR score needs.
         return resumable_checkpoints()
+
+    # -- checkpoints: what the weights were trained on, without the frozen backbone ----------------------
+    def preprocessing(self) -> dict:
+        """Everything the features depend on, under the config names a user would change (the data's only when a
+        datamodule is attached)."""
+        data = getattr(self._trainer and self._trainer.datamodule, "hparams", {})
+        return {**{f"data.{key}": data[key] for key in ("image_size", "center_crop") if key in data},
+                **{f"model.backbone.{key}": value for key, value in self.backbone.preprocessing().items()}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[PREPROCESSING] = self.preprocessing()
+        if self.backbone.weights_path is not None:  # pretrained: the config reloads it (a random init is kept)
+            checkpoint["state_dict"] = {key: value for key, value in checkpoint["state_dict"].items()
+                                        if not key.startswith("backbone.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights trained on other features; then fill in the backbone, so every other key loads strictly."""
+        where = f"checkpoint {self._trainer.ckpt_path}" if self._trainer else "the checkpoint"
+        trained = checkpoint.get(PREPROCESSING)
+        if trained is None:
+            log.warning("%s records no preprocessing (written before checkpoints recorded it): it cannot be checked "
+                        "against this config's image size, normalisation and backbone", where)
+        else:
+            current = self.preprocessing()
+            wrong = [f"  {key}: trained with {trained.get(key)!r}, this config has {value!r}"
+                     for key, value in current.items() if trained.get(key) != value]
+            if wrong and not self.hparams.allow_preprocessing_mismatch:
+                raise ValueError(
+                    f"{where}: its LFDN weights were trained on other features than this config gives:\n"
+                    + "\n".join(wrong) + "\nUse the config the weights were trained with (config.yaml of their run "
+                    "folder), or set --model.init_args.allow_preprocessing_mismatch true to use them anyway.")
+            if wrong:
+                log.warning("%s: preprocessing differs from training (allow_preprocessing_mismatch):\n%s", where,
+                            "\n".join(wrong))
+        for key, value in self.backbone.state_dict(prefix="backbone.").items():
+            checkpoint["state_dict"].setdefault(key, value)
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self):
