@@ -98,6 +98,9 @@ class OODCLI(LightningCLI):
         """Before any model is built: every file the config names must exist (all missing ones in one message);
         W&B without a save_dir writes under the trainer's default_root_dir."""
         missing = missing_files(self.config.as_dict())
+        ckpt_path = self.config.get("ckpt_path")
+        if ckpt_path not in (None, "last") and not is_url(ckpt_path) and not Path(ckpt_path).is_file():
+            missing.append(f"--ckpt_path: {ckpt_path} does not exist")
         if missing:
             raise FileNotFoundError("\n".join([f"{len(missing)} file(s) this config names are missing:",
                                                 *(f"  {line}" for line in missing), WHERE_TO_GET_THEM]))
@@ -120,7 +123,7 @@ class OODCLI(LightningCLI):
 
     def checkpoint_path(self) -> str | None:
         """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);
-        a local path that does not exist is refused here, before any work."""
+        a local path was checked before the classes were built."""
         path = self.config.ckpt_path
         if path is None or is_url(path):
             return path
@@ -135,8 +138,6 @@ class OODCLI(LightningCLI):
                     "without --ckpt_path.")
             rank_zero_info(f"--ckpt_path last: {found}")
             return str(found)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {path}: no such file")
         return path
 
     @contextmanager

@@ -123,3 +123,13 @@ def test_every_missing_file_of_a_config_is_reported_at_once_before_any_work(tmp_
                           "  --model.init_args.vgg16_weights: checkpoints/vgg16-397923af.pth does not exist",
                           "  --model.init_args.dists_weights: checkpoints/dists_weights.pt does not exist"]
     assert "checkpoints/README.md" in lines[5]
+
+
+def test_missing_official_checkpoints_and_ckpt_path_are_reported_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        make_cli(["--config", DEMO, "--model.init_args.official_checkpoints", "[c0.pth, last.pth]",
+                  "--ckpt_path", "runs/x.ckpt"], "t", OODDetector)
+    assert str(error.value).splitlines()[1:4] == ["  --model.init_args.official_checkpoints: c0.pth does not exist",
+                                                   "  --model.init_args.official_checkpoints: last.pth does not exist",
+                                                   "  --ckpt_path: runs/x.ckpt does not exist"]

@@ -68,6 +68,7 @@ class LFDNDetector(OODDetector):
     """
 
     score_names = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
+    file_options = {"official_checkpoints": ()}  # init arguments that name local files (see config_files.py)
 
     def __init__(
         self,
