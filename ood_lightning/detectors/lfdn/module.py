@@ -39,6 +39,10 @@ class LFDNDetector(OODDetector):
     Defaults reproduce the released code's arithmetic and the paper's recipe (lr 1e-4); the network size
     follows the reference (hidden width 2x the feature size, 16 blocks).
 
+    Scores: `mse` and `mfsim` (reconstruction error of the trained network's EMA), `mse_epoch0` / `mfsim_epoch0`
+    (the same with the EMA frozen after the first epoch), `lr_mse` / `lr_mfsim` (first-epoch minus final, the
+    released sign). Read `mse` first; LR only after long training (it inverts on briefly trained networks).
+
     Args:
         backbone: frozen multi-layer feature extractor (timm model, taps, weights file).
         hidden_dim: width of the residual MLP stream; default 2 x feature size (1440 for EfficientNet-B4).
