@@ -4,6 +4,7 @@ score histograms (their counts), plots and an image grid; W&B failures and missi
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -67,6 +68,18 @@ def wandb_records(data: bytes, block: int = 32768, header: int = 7) -> list:
     return records
 
 
+def finished_records(path: Path, limit_s: float = 120.0) -> list:
+    """The run file's records once W&B has finished writing it (its "exit" record is there): wandb.finish() can
+    return while W&B's service process is still flushing the last history row to the file."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        records = wandb_records(path.read_bytes())
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"W&B had not finished writing {path} {limit_s:.0f} s after finish()"
+        time.sleep(0.2)
+
+
 def logged(records: list, kind: str) -> dict:
     """{key: value} of the history ("history") or run config ("config") records; later values win."""
     out = {}
@@ -104,7 +117,7 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     assert len(runs) == 1, sorted((tmp / "wandb").iterdir())
     logs = list(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
-    records = wandb_records(logs[0].read_bytes())
+    records = finished_records(logs[0])
     history, config = logged(records, "history"), logged(records, "config")
     run_dir = Path(csv_logger.log_dir)  # the CSV logger came first: results, plots and metrics.csv share its folder
     results = json.loads((run_dir / "results.json").read_text())
