@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, T
                                         offending_arguments, readable_argument_errors, short_help)
 from ood_lightning.config_files import WHERE_TO_GET_THEM, missing_files
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.errors import CheckpointMismatchError
 from ood_lightning.safe_load import SafeCheckpointIO, is_url, load_checkpoint
 from ood_lightning.run_folder import RunConfigCallback
 from ood_lightning.wandb_logging import wandb_offline_without_credentials, wandb_save_dir_in_root_dir
@@ -149,7 +151,7 @@ class OODCLI(LightningCLI):
         except RuntimeError as error:
             if ckpt_path is None or "Error(s) in loading state_dict" not in str(error):
                 raise
-            raise CheckpointMismatchError(_mismatch_message(ckpt_path, dict(self.model.hparams))) from None
+            raise CheckpointMismatchError(_mismatch_message(ckpt_path, dict(self.model.hparams), str(error))) from None
 
     def _run_roots(self) -> list[Path]:
         """Where this run's checkpoints go: the trainer's default_root_dir and every logger's save_dir."""
@@ -160,11 +162,7 @@ class OODCLI(LightningCLI):
         return roots
 
 
-class CheckpointMismatchError(RuntimeError):
-    """--ckpt_path holds the weights of a model configured differently from the one the config builds."""
-
-
-def _mismatch_message(ckpt_path: str, hparams: dict) -> str:
+def _mismatch_message(ckpt_path: str, hparams: dict, torch_error: str) -> str:
     saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
     differing = [f"{key} (checkpoint: {saved.get(key)!r}, this config: {hparams.get(key)!r})"
                  for key in sorted(set(saved) | set(hparams)) if not key.startswith("_")
@@ -172,8 +170,10 @@ def _mismatch_message(ckpt_path: str, hparams: dict) -> str:
     run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<file>.ckpt
     source = f"its run's config is {run_config}: use --config {run_config}" if run_config.is_file() else \
         "no config.yaml beside its checkpoints/ folder says how it was configured"
+    keys = re.findall(r"(Missing key\(s\)|Unexpected key\(s\)|size mismatch)", torch_error)
     return (f"--ckpt_path {ckpt_path} holds weights of another model configuration than this config builds; "
-            f"{source}. Options that differ: {'; '.join(differing) or 'none recorded (a different model class?)'}.")
+            f"{source}. Options that differ: {'; '.join(differing) or 'none recorded (a different model class?)'}. "
+            f"(torch found: {', '.join(sorted(set(keys))) or torch_error.splitlines()[0]}.)")
 
 
 def newest_last_checkpoint(roots: list[Path]) -> Path | None:

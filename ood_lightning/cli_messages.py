@@ -125,15 +125,14 @@ def _unknown_option_text(arg: str, message: str, known: list[str]) -> str:
 
 
 def run_entry_point(main: Callable[[], None]) -> None:
-    """Run an entry point's main. An error the user fixes (a missing or refused file, a checkpoint of another model
-    config) is printed as one line without a traceback, exit status 2; any other error keeps its traceback."""
+    """Run an entry point's main. An error the user fixes (a missing file, ood_lightning.errors) is printed without
+    a traceback, exit status 2; any other error keeps its traceback."""
     try:
         main()
     except Exception as error:
-        from ood_lightning.cli import CheckpointMismatchError
-        from ood_lightning.safe_load import UnsafeCheckpointError
+        from ood_lightning.errors import UserFixableError
 
-        if not isinstance(error, (FileNotFoundError, UnsafeCheckpointError, CheckpointMismatchError)):
+        if not isinstance(error, (FileNotFoundError, UserFixableError)):
             raise
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

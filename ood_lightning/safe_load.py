@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint needs Python objects beyond tensors and containers to load: it is refused, never run."""
+from ood_lightning.errors import UnsafeCheckpointError
 
 
 def is_url(path: str | os.PathLike) -> bool:

@@ -25,6 +25,7 @@ from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
 from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
+from ood_lightning.errors import PreprocessingMismatchError, UntrainedWeightsError
 from ood_lightning.noise import sample_integers, sample_noise
 from ood_lightning.resume import resumable_checkpoints
 
@@ -147,7 +148,7 @@ class LFDNDetector(OODDetector):
         # Here, after Lightning restored any --ckpt_path: only then is it known which weights get scored.
         trained = int(self.ema_updates) > 0 or self.hparams.official_checkpoints is not None
         if not (trained or self.hparams.allow_untrained):
-            raise RuntimeError(
+            raise UntrainedWeightsError(
                 "LFDNDetector has no trained weights to score (its EMA was never updated and no official checkpoints "
                 "were loaded): the scores would be those of a random network. Give it trained weights with one of\n"
                 "  --ckpt_path RUN/checkpoints/last.ckpt   (a checkpoint of a train.py run)\n"
@@ -189,7 +190,7 @@ class LFDNDetector(OODDetector):
             wrong = [f"  {key}: trained with {trained.get(key)!r}, this config has {value!r}"
                      for key, value in current.items() if trained.get(key) != value]
             if wrong and not self.hparams.allow_preprocessing_mismatch:
-                raise ValueError(
+                raise PreprocessingMismatchError(
                     f"{where}: its LFDN weights were trained on other features than this config gives:\n"
                     + "\n".join(wrong) + "\nUse the config the weights were trained with (config.yaml of their run "
                     "folder), or set --model.init_args.allow_preprocessing_mismatch true to use them anyway.")
