@@ -70,6 +70,9 @@ def readable_argument_errors(message: str, offending: list[str], known: list[str
             return [f"{arg}: {_unknown_option_text(arg, message, known)}" for arg in offending]
         if nested:  # from a config file
             return [f"config: {_unknown_option_text(nested.group(1), message, known)}"]
+    if re.search(r"the following arguments are required: .*\bmodel\b", message):
+        return ["no model: give a config (--config FILE; --help lists them) or --model CLASS. Without any argument, "
+                "train.py runs the offline demo."]
     key = re.match(r'Parser key "([^"]+)":', message)
     key = key.group(1) if key else None
     if "Does not validate against any of the Union subtypes" in message:

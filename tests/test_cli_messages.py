@@ -133,3 +133,8 @@ def test_missing_official_checkpoints_and_ckpt_path_are_reported_together(tmp_pa
     assert str(error.value).splitlines()[1:4] == ["  --model.init_args.official_checkpoints: c0.pth does not exist",
                                                    "  --model.init_args.official_checkpoints: last.pth does not exist",
                                                    "  --ckpt_path: runs/x.ckpt does not exist"]
+
+
+def test_options_without_a_model_say_how_to_give_one(capsys):
+    code, _, err = _exit(["--data.batch_size", "3"], capsys)
+    assert code == 2 and "no model: give a config (--config FILE; --help lists them) or --model CLASS" in err
