@@ -4,9 +4,10 @@ it accepts that are not paths, e.g. a backbone's "package"), and `missing_files`
 class_path, nested ones (a backbone, a fusion's detectors) included."""
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from ood_lightning.cli_messages import load_class
 
 WHERE_TO_GET_THEM = "checkpoints/README.md says what each file is and where to get it; nothing is downloaded."
 
@@ -35,8 +36,7 @@ def configured_paths(node, prefix: str) -> Iterator[tuple[str, str]]:
 
 
 def _load(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
+        return load_class(class_path)
     except (ImportError, AttributeError, ValueError):
         return None  # not a class of ours to check; instantiation reports a bad class_path
