@@ -22,7 +22,7 @@ from timm.layers import Conv2dSame, get_same_padding
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 __all__ = [
     "MultiLayerFeatures",

@@ -21,7 +21,7 @@ from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, T
 from ood_lightning.config_files import WHERE_TO_GET_THEM, missing_files
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.errors import CheckpointMismatchError
-from ood_lightning.safe_load import SafeCheckpointIO, is_url, load_checkpoint
+from ood_lightning.io import SafeCheckpointIO, is_url, load_checkpoint
 from ood_lightning.run_folder import RunConfigCallback
 from ood_lightning.wandb_logging import wandb_offline_without_credentials, wandb_save_dir_in_root_dir
 

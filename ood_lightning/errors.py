@@ -21,3 +21,7 @@ class CheckpointMismatchError(UserFixableError, RuntimeError):
 
 class UnsafeCheckpointError(UserFixableError, ValueError):
     """A checkpoint needs Python objects beyond tensors and containers to load: it is refused, never run."""
+
+
+class StateDictMismatchError(UserFixableError, ValueError):
+    """A weight file's tensors do not fit the model built from the config (missing, extra or wrongly shaped keys)."""

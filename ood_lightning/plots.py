@@ -26,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from ood_lightning.report import ID_SET, atomic_write, file_stem
+from ood_lightning.data.presets import ID_SET
+from ood_lightning.io import atomic_write, file_stem
 
 PANEL_SIZE = (4.2, 3.2)  # inches per histogram panel
 ROC_SIZE = (5.0, 4.4)

@@ -25,8 +25,6 @@ import hashlib
 import io
 import json
 import os
-import re
-import tempfile
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -34,9 +32,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ood_lightning.data.presets import ID_SET
+from ood_lightning.io import atomic_write, atomic_write_text, file_stem
 from ood_lightning.metrics import METRICS, group_means, ood_metrics
 
-ID_SET = "id"
 PERCENT_COLUMNS = {metric: f"{metric}_percent" for metric in METRICS}  # results.json key -> results.csv header
 COUNTS = ("n_id", "n_ood", "n_skipped")
 COLUMNS = ("score", "ood_set", *PERCENT_COLUMNS.values(), *COUNTS)
@@ -243,12 +242,6 @@ def write_results(
     return written
 
 
-def file_stem(name: str) -> str:
-    """A file-name-safe form of a set or score name (anything but letters, digits, '.', '_', '-' becomes '_')."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".")
-    return stem or "_"
-
-
 def save_scores(scores_dir: Path, per_set: Mapping[str, dict]) -> None:
     """scores/<set>.npz per test set, holding
 
@@ -380,23 +373,3 @@ def rescore(
     if not quiet:
         print_results(results, out)
     return results
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through `write(file)` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

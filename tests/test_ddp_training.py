@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from ood_lightning.backbones import MultiLayerFeatures
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 from script_runs import REPO, script_env, tiny_lfdn
 
 N_TRAIN, N_EVAL, GLOBAL_BATCH = 64, 8, 16

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 from script_runs import REPO, TINY_UNET, script_env, tiny_lfdn
 
 KILL_AT_STEP = 6  # in the middle of epoch 1; last.ckpt then holds the end of epoch 0 (step 4)

@@ -16,7 +16,7 @@ import evaluate
 import train
 from ood_lightning.cli import make_cli
 from ood_lightning.detectors.lfdn.module import PREPROCESSING
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 from script_runs import tiny_lfdn
 
 

@@ -25,7 +25,7 @@ from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.latent_models import PixelDiffusion, load_latent_model
 from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM, ddim_schedulers, invert, resynthesize
 from ood_lightning.detectors.diffguard.models import load_pixel_unet
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 from ood_lightning.training.classifier import ClassifierTraining
 from ood_lightning.training.diffusion import EXPORT_INFO, ClassConditionalDiffusion
 

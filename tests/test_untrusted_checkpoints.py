@@ -21,7 +21,7 @@ from ood_lightning.cli import make_cli
 from ood_lightning.classifiers import build_classifier
 from ood_lightning.detectors.lfdn.checkpoint import load_official_checkpoint
 from ood_lightning.detectors.lfdn.export import export
-from ood_lightning.safe_load import UnsafeCheckpointError
+from ood_lightning.io import UnsafeCheckpointError
 from script_runs import tiny_lfdn
 
 

@@ -1,5 +1,5 @@
 """Data sources, benchmark presets and the DataModule."""
-from .benchmarks import PRESETS, Benchmark, build_benchmark, default_transform
+from .presets import PRESETS, Benchmark, build_benchmark, default_transform
 from .datamodule import OODDataModule, collate
 from .decoding import ImageDecodeError, load_rgb, to_rgb
 from .sources import (DigitsSource, ImageFolderSource, ImageListSource, ImageSource, SubsetSource,

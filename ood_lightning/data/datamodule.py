@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .benchmarks import build_benchmark, default_transform
+from .presets import build_benchmark, default_transform
 from .sources import subset
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ood_lightning.detectors.base import OODDetector
-from ood_lightning.report import atomic_write_text
+from ood_lightning.io import atomic_write_text
 
 __all__ = ["CascadeFusion", "cascade", "squash", "tiers"]
 

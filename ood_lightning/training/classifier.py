@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from ood_lightning.classifiers import CLASSIFIERS, build_classifier
-from ood_lightning.report import atomic_write
+from ood_lightning.io import atomic_write
 from ood_lightning.resume import resumable_checkpoints
 
 

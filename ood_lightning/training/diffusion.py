@@ -24,7 +24,7 @@ from torchvision.utils import save_image
 
 from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_integers, sample_noise
-from ood_lightning.report import atomic_write, atomic_write_text
+from ood_lightning.io import atomic_write, atomic_write_text
 from ood_lightning.resume import resumable_checkpoints
 from ood_lightning.wandb_logging import log_image_grid
 

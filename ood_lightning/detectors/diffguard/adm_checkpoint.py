@@ -40,7 +40,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
         "time_embedding.linear_2": "time_embed.2", "class_embedding": "label_emb", "conv_norm_out": "out.0",

@@ -36,7 +36,7 @@ from diffusers import UNet2DConditionModel, VQModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 UNET_PREFIX = "model.diffusion_model."
 VQ_PREFIX = "first_stage_model."

@@ -32,7 +32,7 @@ import torchvision
 from piq import perceptual as piq_perceptual
 from torch import Tensor, nn
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 __all__ = [
     "DISTANCES",

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 from .network import LFDN
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ood_lightning.detectors.lfdn.checkpoint import save_official_checkpoint
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:

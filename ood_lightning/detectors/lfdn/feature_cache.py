@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ood_lightning.backbones import MultiLayerFeatures
-from ood_lightning.report import atomic_write
-from ood_lightning.safe_load import load_checkpoint
+from ood_lightning.io import atomic_write
+from ood_lightning.io import load_checkpoint
 
 CACHE_VERSION = "1"
 log = logging.getLogger(__name__)

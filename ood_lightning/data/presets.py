@@ -18,6 +18,8 @@ from torchvision import transforms as T
 from .sources import (DigitsSource, FileSource, ImageFolderSource, ImageListSource, TorchvisionSource, Transform,
                       subset)
 
+ID_SET = "id"  # the name of the in-distribution test set among a benchmark's test sets; the OOD sets keep theirs
+
 
 @dataclass
 class Benchmark:
