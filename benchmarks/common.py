@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ood_lightning.report import atomic_write_text
+from ood_lightning.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -25,7 +25,7 @@ import shutil
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
                     metric_rows, predictions, proof_arguments, run_stages, timing_rows)
 
-from ood_lightning.report import atomic_write_text
+from ood_lightning.io import atomic_write_text
 
 OOD_SETS = ["tin", "mnist"]
 RESULTS = REPO / "benchmarks" / "results"

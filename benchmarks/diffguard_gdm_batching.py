@@ -30,7 +30,7 @@ from lfdn_cifar10_jpeg import ensure_extracted
 
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
-from ood_lightning.report import atomic_write_text
+from ood_lightning.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO.parent / "shared" / "weights" / "cifar10_densenet_bc100.pt"

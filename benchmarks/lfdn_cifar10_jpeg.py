@@ -28,7 +28,7 @@ from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.lfdn import LFDNDetector
 from ood_lightning.detectors.lfdn.feature_cache import extract
 from ood_lightning.metrics import ood_metrics
-from ood_lightning.report import atomic_write_text
+from ood_lightning.io import atomic_write_text
 
 from common import REPO, ensure_extracted
 
