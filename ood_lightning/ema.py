@@ -1,7 +1,8 @@
 """The exponential moving average of weights that LFDN and the diffusion training configs sample and export.
 
-The decay warms up as min(ceiling, (1 + n) / (10 + n)) after n updates, the rule of the LFDN reference code (and of
-the timm/guided-diffusion EMAs it follows), so a short run is not dominated by the random initialisation.
+The decay warms up as min(ceiling, (1 + n) / (10 + n)) after n updates, so a short run is not dominated by the
+random initialisation. That is the rule of CompVis' LitEma (latent-diffusion), which the released LFDN code is built on
+(see docs/lfdn.md (Network)).
 """
 from __future__ import annotations
 
