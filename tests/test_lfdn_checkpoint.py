@@ -14,6 +14,7 @@ from ood_lightning.detectors.lfdn.checkpoint import (
     save_official_checkpoint,
 )
 from ood_lightning.detectors.lfdn.network import LFDN
+from ood_lightning.errors import UserFixableError
 
 
 def _load_raw(path):
@@ -101,6 +102,7 @@ def test_wrong_shape_is_a_value_error_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"res_blocks\.1\.in_layers\.2\.weight") as err:
         load_official_checkpoint(path)
     assert str(path) in str(err.value) and "(14, 14)" in str(err.value)
+    assert isinstance(err.value, UserFixableError), "train.py / evaluate.py print it without a traceback"
 
 
 def test_missing_and_unexpected_keys_are_listed():
@@ -109,8 +111,8 @@ def test_missing_and_unexpected_keys_are_listed():
     state["pretrained_encoder.backbone.conv.weight"] = torch.zeros(1)  # non-denoiser keys are ignored
     with pytest.raises(ValueError) as err:
         official_state_to_ours(state)
-    assert "missing EMA key model_ema.diffusion_modelout2bias" in str(err.value)
-    assert "unexpected key model.diffusion_model.extra.weight" in str(err.value)
+    assert "missing model_ema.diffusion_modelout2bias" in str(err.value)
+    assert "unexpected model.diffusion_model.extra.weight" in str(err.value)
     assert "pretrained_encoder" not in str(err.value)
 
 

@@ -20,7 +20,6 @@ Official module layout -> ours (``network.py``)::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ood_lightning.io import load_checkpoint
+from ood_lightning.errors import StateDictMismatchError
+from ood_lightning.io import atomic_write, collect_state, load_checkpoint, raise_on_problems
 
 from .network import LFDN
 
@@ -57,66 +57,49 @@ def ema_key(ours: str) -> str:
     return EMA_PREFIX + ("diffusion_model." + official_name(ours)).replace(".", "")
 
 
-def _infer_config(state: Mapping[str, Tensor]) -> dict:
+def _infer_config(state: Mapping[str, Tensor], what: str) -> dict:
     """LFDN constructor arguments from the raw tensor shapes."""
     need = [RAW_PREFIX + k for k in ("input_proj.1.weight", "time_embed.0.weight", "out.2.weight")]
-    if missing := [k for k in need if k not in state]:
-        raise ValueError(f"not an LFDN checkpoint state: missing {missing}")
+    if missing := [k for k in need if not isinstance(state.get(k), Tensor)]:
+        raise StateDictMismatchError(f"{what} is not an LFDN checkpoint state: it lacks {missing} (expected the "
+                                     "'model' state of an official checkpoint-*.pth from xbyym/DLSR)")
     hidden_dim, in_dim = state[need[0]].shape
     time_embed_dim, sinusoid_dim = state[need[1]].shape
     out_dim, out_hidden = state[need[2]].shape
     if out_dim != in_dim or sinusoid_dim != hidden_dim or out_hidden != hidden_dim:
-        raise ValueError(f"inconsistent LFDN shapes: {need[0]} {tuple(state[need[0]].shape)}, "
-                         f"{need[1]} {tuple(state[need[1]].shape)}, {need[2]} {tuple(state[need[2]].shape)} "
-                         "(this LFDN needs out_channels == in_channels and sinusoid size == model_channels)")
+        raise StateDictMismatchError(
+            f"{what}: inconsistent LFDN shapes: {need[0]} {tuple(state[need[0]].shape)}, {need[1]} "
+            f"{tuple(state[need[1]].shape)}, {need[2]} {tuple(state[need[2]].shape)} (this LFDN needs "
+            "out_channels == in_channels and sinusoid size == model_channels)")
     blocks = {int(m[1]) for k in state if (m := re.match(re.escape(RAW_PREFIX) + r"res_blocks\.(\d+)\.", k))}
     return dict(in_dim=int(in_dim), hidden_dim=int(hidden_dim), time_embed_dim=int(time_embed_dim),
                 num_blocks=max(blocks) + 1 if blocks else 0)
 
 
-def _collect(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], key_of, what: str,
-             candidates: set[str]) -> tuple[dict, list[str]]:
-    """Pick ``expected`` (ours -> reference tensor) out of ``state`` via ``key_of``; report every problem."""
-    out, problems = {}, []
-    for ours, ref in expected.items():
-        key = key_of(ours)
-        if key not in state:
-            problems.append(f"missing {what} key {key}")
-            continue
-        value = state[key]
-        if not isinstance(value, Tensor) or value.shape != ref.shape:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            problems.append(f"wrong shape for {key}: expected {tuple(ref.shape)}, got {shape}")
-        elif not torch.isfinite(value).all():
-            problems.append(f"non-finite values in {key}")
-        else:
-            out[ours] = value
-        candidates.discard(key)
-    return out, problems
-
-
-def official_state_to_ours(state: Mapping) -> tuple[dict, dict]:
+def official_state_to_ours(state: Mapping, what: str = "LFDN checkpoint state") -> tuple[dict, dict]:
     """Official state dict (or the whole checkpoint dict) -> (raw_state, ema_state) in our LFDN naming.
 
     ``ema_state`` is ``{}`` when the state holds no EMA weights at all. Keys outside the denoiser
     (encoder, class embedder, schedule buffers) are ignored; any unknown key inside ``model.diffusion_model.*``
-    or ``model_ema.*``, a missing key or a wrong shape raises ValueError listing all of them.
+    or ``model_ema.*``, a missing key, a wrong shape or a non-finite tensor raises StateDictMismatchError (a
+    ValueError) listing all of them; ``what`` names the state in that message.
     """
     if isinstance(state.get("model"), Mapping):
         state = state["model"]
-    config = _infer_config(state)
-    expected = _meta_model(config).state_dict()
-    raw_keys = {k for k in state if k.startswith(RAW_PREFIX)}
-    ema_keys = {k for k in state if k.startswith(EMA_PREFIX) and k not in _EMA_EXTRA}
-    raw, problems = _collect(state, expected, lambda k: RAW_PREFIX + official_name(k), "raw", raw_keys)
+    config = _infer_config(state, what)
+    wanted = {k: tuple(v.shape) for k, v in _meta_model(config).state_dict().items()}
+    raw, problems = collect_state(state, wanted, lambda k: RAW_PREFIX + official_name(k), finite=True,
+                                  foreign=lambda key: key.startswith(RAW_PREFIX))
     ema = {}
-    if ema_keys:
-        ema, ema_problems = _collect(state, expected, ema_key, "EMA", ema_keys)
+    if any(_is_ema_weight(key) for key in state):
+        ema, ema_problems = collect_state(state, wanted, ema_key, finite=True, foreign=_is_ema_weight)
         problems += ema_problems
-    problems += [f"unexpected key {k}" for k in sorted(raw_keys | ema_keys)]
-    if problems:
-        raise ValueError(f"LFDN checkpoint state does not match an LFDN{config}:\n  " + "\n  ".join(problems))
+    raise_on_problems(problems, what, hint=f" (an LFDN{config}, sized from the file's own tensor shapes)")
     return raw, ema
+
+
+def _is_ema_weight(key: str) -> bool:
+    return key.startswith(EMA_PREFIX) and key not in _EMA_EXTRA
 
 
 def ours_to_official_state(raw: Mapping, ema: Mapping, *, num_updates: int, decay: float = 0.9999) -> dict:
@@ -140,16 +123,9 @@ def _state_of(m: nn.Module | Mapping) -> Mapping:
 def save_official_checkpoint(path, raw_model: nn.Module | Mapping, ema_model: nn.Module | Mapping, *,
                              epoch: int, num_updates: int, args: dict | None = None, decay: float = 0.9999) -> None:
     """Write ``{'model', 'model_ema': None, 'epoch', 'args': Namespace}`` as the official code does (atomically)."""
-    path = Path(path)
     state = ours_to_official_state(_state_of(raw_model), _state_of(ema_model), num_updates=num_updates, decay=decay)
     ckpt = {"model": state, "model_ema": None, "epoch": int(epoch), "args": argparse.Namespace(**(args or {}))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda file: torch.save(ckpt, file))
 
 
 def _torch_load(path: Path) -> dict:
@@ -171,13 +147,11 @@ def load_official_checkpoint(path, *, ema: bool = True) -> tuple[LFDN, dict]:
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
         raise ValueError(f"{path}: not an official LFDN checkpoint (expected a dict with a 'model' state dict)")
     state = ckpt["model"]
-    try:
-        raw, ema_state = official_state_to_ours(state)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    raw, ema_state = official_state_to_ours(state, what=f"LFDN checkpoint {path}")
     if ema and not ema_state:
-        raise ValueError(f"{path}: holds no EMA weights (model_ema.*); pass ema=False to load the raw weights")
-    config = _infer_config(state)
+        raise StateDictMismatchError(f"{path}: holds no EMA weights (model_ema.*); pass ema=False to load the raw "
+                                     "weights")
+    config = _infer_config(state, str(path))
     model = LFDN(**config)
     model.load_state_dict(ema_state if ema else raw, strict=True)
     args = ckpt.get("args")
