@@ -8,6 +8,7 @@ folder, files missing from an image list) into one error as well. Nothing is dow
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,52 @@ def _cifar10_jpeg(root: Path, transform: Transform) -> Plan:
         ood=[_folder("tin", root / "tin/val", "Tiny-ImageNet val JPEGs (extract tin.tar.gz)", transform, ood=True),
              _folder("mnist", root / "mnist/test", "MNIST test JPEGs (extract mnist.tar.gz)", transform, ood=True)],
         groups={"near": ["tin"], "far": ["mnist"]},
+    )
+
+
+def tin_half(file_name: str) -> str:
+    """The half of Tiny-ImageNet val a file belongs to, from its name alone: "val" for an even file number
+    (val_0.jpg, val_2.jpg, ...), "test" for an odd one. Settings are chosen on the validation half and reported on
+    the test half, so a reported number never steered a choice. Even / odd interleaves the whole numbering (5,000
+    files each of val_0 ... val_9999), so neither half is an early or a late block of the files."""
+    number = re.fullmatch(r"val_(\d+)", Path(file_name).stem)
+    if number is None:
+        raise ValueError(f"{file_name!r} is not a Tiny-ImageNet val file name (val_<number>.jpg); the split into "
+                         "halves reads the number")
+    return "val" if int(number[1]) % 2 == 0 else "test"
+
+
+def _tin_half(name: str, root: Path, half: str, transform: Transform) -> SetSpec:
+    """One half of root/tin/val (see :func:`tin_half`) as an OOD set."""
+    folder = root / "tin/val"
+
+    def build() -> FileSource:
+        samples = [(path, -1) for path in sorted(folder.glob("*.jpg")) if tin_half(path.name) == half]
+        if not samples:
+            raise FileNotFoundError(f"{folder} holds no val_<number>.jpg file of the {half} half")
+        return FileSource(folder, samples, name, transform)
+
+    return SetSpec(name, ((folder, "Tiny-ImageNet val JPEGs (extract tin.tar.gz)"),), build)
+
+
+@_preset("cifar10_jpeg_tin_halves")
+def _cifar10_jpeg_tin_halves(root: Path, transform: Transform) -> Plan:
+    """cifar10_jpeg for choosing settings without tuning on a reported set: Tiny-ImageNet val split by file number
+    into 'tin_val' (even numbers: choose settings on it, with ID data) and 'tin_test' (odd numbers: report it, with
+    'mnist'). tin_val belongs to no group, so the near/far averages hold reported sets only. A preset of its own
+    because cifar10_jpeg's whole 'tin' set is what the published tables and the classifier baselines measure.
+    Same files as cifar10_jpeg, extracted under root:
+      root/cifar10/train/<class>/*.jpg   ID train (CIFAR-10 JPEGs)
+      root/cifar10/test/<class>/*.jpg    ID test
+      root/tin/val/val_<N>.jpg           near-OOD 'tin_val' (N even), 'tin_test' (N odd)
+      root/mnist/test/<digit>/*.jpg      far-OOD 'mnist' (labels ignored)"""
+    jpeg = _cifar10_jpeg(root, transform)
+    return Plan(
+        id_train=jpeg.id_train,
+        id_test=jpeg.id_test,
+        ood=[_tin_half("tin_val", root, "val", transform), _tin_half("tin_test", root, "test", transform),
+             *[spec for spec in jpeg.ood if spec.name == "mnist"]],
+        groups={"near": ["tin_test"], "far": ["mnist"]},
     )
 
 
