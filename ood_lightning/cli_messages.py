@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ood_lightning.console import quiet_console
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # The models a config can name, listed by the short --help; importing them also lets --model.help take a short name.
@@ -128,8 +130,9 @@ def _unknown_option_text(arg: str, message: str, known: list[str]) -> str:
 
 
 def run_entry_point(main: Callable[[], None]) -> None:
-    """Run an entry point's main. An error the user fixes (a missing file, ood_lightning.errors) is printed without
-    a traceback, exit status 2; any other error keeps its traceback."""
+    """Run an entry point's main with a quiet console (ood_lightning.console). An error the user fixes (a missing
+    file, ood_lightning.errors) is printed without a traceback, exit status 2; any other error keeps its traceback."""
+    quiet_console()
     try:
         main()
     except Exception as error:
