@@ -2,9 +2,13 @@
 import argparse
 import pathlib
 
+import lightning as L
 import pytest
 import torch
 
+from ood_lightning.backbones import MultiLayerFeatures
+from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.detectors.lfdn import LFDNDetector
 from ood_lightning.detectors.lfdn.checkpoint import (
     ema_key,
     load_official_checkpoint,
@@ -13,6 +17,7 @@ from ood_lightning.detectors.lfdn.checkpoint import (
     ours_to_official_state,
     save_official_checkpoint,
 )
+from ood_lightning.detectors.lfdn.export import export
 from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.errors import UserFixableError
 
@@ -140,3 +145,21 @@ def test_other_pickled_globals_are_refused(tmp_path):
                 "args": argparse.Namespace(out=pathlib.PurePosixPath("/x"))}, path)
     with pytest.raises(ValueError, match="refusing to load .*evil.pth"):
         load_official_checkpoint(path)
+
+
+def test_export_records_each_file_s_own_ema_update_count(tmp_path):
+    """checkpoint-0.pth holds the EMA after the first epoch, so it carries the update count of that moment."""
+    model = LFDNDetector(MultiLayerFeatures("tf_efficientnet_lite0", weights=None), hidden_dim=16, num_blocks=1,
+                         cache_dir=str(tmp_path / "cache"))
+    if "ema_first_updates" not in model.state_dict():
+        pytest.skip("LFDNDetector does not store the EMA update count after the first epoch yet (a buffer "
+                    "'ema_first_updates', set from ema_updates at the end of epoch 0 and from checkpoint-0's count "
+                    "when official checkpoints are loaded)")
+    dm = OODDataModule("digits", image_size=32, batch_size=16, train_subset=32, eval_subset=4)  # 2 steps per epoch
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    (last,) = tmp_path.rglob("last.ckpt")
+    first, final = export(str(last), str(tmp_path / "official"))
+    assert load_official_checkpoint(first)[1]["ema_num_updates"] == 2
+    assert load_official_checkpoint(final)[1]["ema_num_updates"] == 6

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def export(checkpoint: str, out_dir: str) -> list[str]:
     """The trained weights and EMA go to checkpoint-last; only the first epoch's EMA is kept, so checkpoint-0
-    carries it as both its raw and EMA weights (the LR score reads only the EMA)."""
+    carries it as both its raw and EMA weights (the LR score reads only the EMA). Each file records the EMA update
+    count of its own moment, as the released code's files do (checkpoint-0: the count after the first epoch)."""
     ckpt = load_checkpoint(checkpoint)
     state = ckpt["state_dict"]
     nets = {}
@@ -29,12 +30,16 @@ def export(checkpoint: str, out_dir: str) -> list[str]:
         if not sub:
             raise ValueError(f"{checkpoint} has no '{name}.*' weights: is it an LFDNDetector checkpoint?")
         nets[name] = sub
-    updates = int(state["ema_updates"])
+    if "ema_first_updates" not in state:
+        raise ValueError(f"{checkpoint} does not record the EMA update count after the first epoch "
+                         "('ema_first_updates'), which checkpoint-0.pth carries: it was written before "
+                         "LFDNDetector recorded that count. Train the run again to export it.")
     paths = [f"{out_dir}/checkpoint-0.pth", f"{out_dir}/checkpoint-last.pth"]
-    save_official_checkpoint(paths[0], nets["ema_first"], nets["ema_first"], epoch=0, num_updates=updates)
-    save_official_checkpoint(paths[1], nets["net"], nets["ema"], epoch=ckpt["epoch"], num_updates=updates)
+    save_official_checkpoint(paths[0], nets["ema_first"], nets["ema_first"], epoch=0,
+                             num_updates=int(state["ema_first_updates"]))
+    save_official_checkpoint(paths[1], nets["net"], nets["ema"], epoch=ckpt["epoch"],
+                             num_updates=int(state["ema_updates"]))
     return paths
-
 
 if __name__ == "__main__":
     main()
