@@ -1,6 +1,6 @@
 """The LFDN denoiser: a residual MLP that predicts x0 from a noisy feature vector x_t and a timestep t.
 
-Architecture as in the official code (xbyym/DLSR, ``latent.py``; see ``lfdn-reference.md`` §2)::
+Architecture as in the official code (xbyym/DLSR, ``latent.py``; see docs/lfdn.md (Network))::
 
     h   = Linear(in -> hidden)(SiLU(x_t))                                  input_proj
     emb = MLP(sinusoid_cos_first(t, dim=hidden))   hidden -> temb -> temb  time_embedding

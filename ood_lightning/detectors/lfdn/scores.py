@@ -1,4 +1,4 @@
-"""LFDN OOD scores between the input feature vector z and its reconstruction z_hat (``lfdn-reference.md`` §5).
+"""LFDN OOD scores between the input feature vector z and its reconstruction z_hat (docs/lfdn.md (Scores)).
 
 Both are "higher = more OOD". The LR score is the difference of two such scores (early minus last
 checkpoint) and is formed by the caller.
