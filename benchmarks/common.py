@@ -57,11 +57,11 @@ class Stage:
 
 
 def evaluate(config: str, out: Path, name: str, *extra: str) -> Stage:
-    """evaluate.py on `config` with its results in <out>/<name>; `extra` are further command-line arguments."""
+    """evaluate.py on `config` with its results in <out>/<name> (without a logger, the run folder is the trainer's
+    default_root_dir); `extra` are further command-line arguments."""
     folder = out / name
     return Stage(name, ["evaluate.py", "--config", config, "--trainer.default_root_dir", str(folder),
-                        "--model.init_args.results_dir", str(folder), "--trainer.logger", "false", *extra],
-                 folder / "results.json")
+                        "--trainer.logger", "false", *extra], folder / "results.json")
 
 
 def run_stages(trainings: list[Stage], evaluations: list[Stage], out: Path, jobs: int = 1) -> dict[str, float]:

