@@ -1,14 +1,14 @@
 """Datasets that turn images on disk or in memory into samples.
 
 A sample is a dict `{"image": FloatTensor[3,H,W] in [0,1], "label": int, "index": int}`: `label` is the class
-index, or -1 when unknown or out-of-distribution; `index` is the sample's position in its dataset (0..len-1),
-which is how scores are de-duplicated and matched across processes. Normalisation is left to the model.
+index, or `NO_LABEL` (-1) when unknown or out-of-distribution; `index` is the sample's position in its dataset
+(0..len-1), which is how scores are de-duplicated and matched across processes. Normalisation is left to the model.
 
 An image that cannot be decoded comes back as a *skip marker*: the same dict with `"image": None`. The batch
 collate drops it and reports its index under `"skipped"`, so a corrupt file never crashes an epoch and never
 disappears silently. The failure is also logged once per file (per process).
 
-Every dataset here has `.name`, `.transform`, `.classes` (class names; empty when labels are -1) and
+Every dataset here has `.name`, `.transform`, `.classes` (class names; empty when labels are NO_LABEL) and
 `.fingerprint()`, a short hash that changes when the data changes (file-based sets: relative paths, sizes,
 mtimes and labels; in-memory sets: the pixel and label bytes), used to invalidate feature caches.
 """
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 MAX_MISSING_SHOWN = 20
+NO_LABEL = -1  # the label of a sample whose class is unknown or that is out-of-distribution
 
 Transform = Callable[[Image.Image], object]
 
@@ -157,8 +158,8 @@ def _image_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list
 class ImageFolderSource(FileSource):
     """A folder of images, in either of two layouts, detected automatically:
     - class layout: only subfolders at the top; labels are the sorted subfolder index (as torchvision's ImageFolder);
-    - flat layout: image files at the top (subfolders are scanned too); labels are -1.
-    `ood=True` sets every label to -1 whatever the layout. Order: by class, then by relative path.
+    - flat layout: image files at the top (subfolders are scanned too); labels are NO_LABEL.
+    `ood=True` sets every label to NO_LABEL whatever the layout. Order: by class, then by relative path.
 
     Raises FileNotFoundError naming the folder when it is missing or holds no image files.
     """
@@ -174,9 +175,9 @@ class ImageFolderSource(FileSource):
         classes = [] if flat else sorted(e.name for e in top if _is_dir(e))
         seen = set() if flat else {(root.stat().st_dev, root.stat().st_ino)}  # a link back to root is no class
         samples = []
-        for label, folder in ([(-1, root)] if flat else enumerate(root / c for c in classes)):
+        for label, folder in ([(NO_LABEL, root)] if flat else enumerate(root / c for c in classes)):
             files = sorted(_image_files(folder, seen), key=lambda p: p.relative_to(root).as_posix())
-            samples += [(path, -1 if ood else label) for path in files]
+            samples += [(path, NO_LABEL if ood else label) for path in files]
         if not samples:
             raise FileNotFoundError(
                 f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in folder {root}")
@@ -187,7 +188,7 @@ class ImageListSource(FileSource):
     """An OpenOOD image list: one `relative/path label` per line (UTF-8), paths relative to `data_root`.
 
     Blank lines are ignored; the label is the last field, an integer, so paths may contain spaces. `ood=True` sets
-    every label to -1. A malformed line (or bytes that are not UTF-8) raises ValueError naming the file and line;
+    every label to NO_LABEL. A malformed line (or bytes that are not UTF-8) raises ValueError naming the file and line;
     listed files that do not exist raise one FileNotFoundError that names the first ones, with their lines, and
     gives the count.
     """
@@ -204,7 +205,7 @@ class ImageListSource(FileSource):
             fields = line.strip().rsplit(maxsplit=1)
             if len(fields) != 2 or not re.fullmatch(r"-?[0-9]+", fields[1]):
                 raise ValueError(f"{list_file}, line {number}: expected 'relative/path label', got {line!r}")
-            samples.append((data_root / fields[0], -1 if ood else int(fields[1])))
+            samples.append((data_root / fields[0], NO_LABEL if ood else int(fields[1])))
             lines.append(number)
         if not samples:
             raise ValueError(f"image list {list_file} lists no images")
@@ -256,7 +257,7 @@ class TorchvisionSource(ImageSource):
             dataset = self.KINDS[kind](str(root), train=split == "train", download=download)
             self._pixels, labels = dataset.data, dataset.targets
         super().__init__(name or kind, transform, [] if ood else getattr(dataset, "classes", []))
-        self.labels = [-1 if ood else int(label) for label in labels]
+        self.labels = [NO_LABEL if ood else int(label) for label in labels]
         self._identity = f"{kind}/{split}"
 
     @staticmethod
@@ -278,7 +279,7 @@ class DigitsSource(ImageSource):
     """scikit-learn's bundled 8x8 digits (offline): grey 0..16 scaled to uint8, served as RGB.
 
     `digits` selects the classes; labels are the position of a sample's digit in sorted(digits) (so digits 5-9
-    become labels 0-4), or -1 with `ood=True`. `split` is "train" (2/3), "test" (1/3) or "all", from one fixed
+    become labels 0-4), or NO_LABEL with `ood=True`. `split` is "train" (2/3), "test" (1/3) or "all", from one fixed
     stratified split (seed 0), so train and test never overlap whatever digits are chosen.
     """
 
@@ -301,7 +302,7 @@ class DigitsSource(ImageSource):
         super().__init__(name or f"digits_{split}", transform, [] if ood else [str(d) for d in digits])
         self.source_index = keep  # positions in sklearn's load_digits()
         self._pixels = np.rint(data.images[keep] * (255 / 16)).astype(np.uint8)
-        self.labels = [-1 if ood else position[int(t)] for t in data.target[keep]]
+        self.labels = [NO_LABEL if ood else position[int(t)] for t in data.target[keep]]
 
     def _image(self, index: int) -> Image.Image:
         return Image.fromarray(self._pixels[index]).convert("RGB")
