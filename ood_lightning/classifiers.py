@@ -17,7 +17,7 @@ here so their parameter names are exactly those of the published weight files an
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from ood_lightning.backbones import read_state_dict
+from ood_lightning.io import load_state_strict
 
-__all__ = ["CLASSIFIERS", "Classifier", "build_classifier", "load_weights"]
+__all__ = ["CLASSIFIERS", "ArchSpec", "Classifier", "build_classifier"]
 
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.244, 0.262)  # ../shared/weights/README.md (DenseNet)
 OPENOOD_CIFAR_MEAN, OPENOOD_CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # OpenOOD preprocessor
@@ -178,7 +179,8 @@ class TorchvisionResNet50(ResNet):
 # ------------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class ArchSpec:
-    """How to build one architecture, the normalisation its weights expect and which file belongs to it."""
+    """How to build one architecture, the normalisation its weights expect, which file belongs to it and where
+    Grad-CAM looks."""
 
     build: Callable[[int], nn.Module]
     num_classes: int
@@ -186,6 +188,11 @@ class ArchSpec:
     std: tuple[float, float, float]
     head_key: str  # state-dict key of the head weight, to read the number of classes from a file
     weights_hint: str
+    cam_layer: Callable[[nn.Module], nn.Module]  # the last convolutional block, on the final map before pooling
+
+
+def _last_stage(net: CifarResNet) -> nn.Module:
+    return getattr(net, f"layer{net.num_stages}")[-1]
 
 
 def _he_resnet(n: int) -> Callable[[int], nn.Module]:
@@ -198,20 +205,22 @@ CLASSIFIERS: dict[str, ArchSpec] = {
     "cifar_densenet_bc100": ArchSpec(
         lambda c: DenseNetBC(c), 10, CIFAR_MEAN, CIFAR_STD, "output_layer.weight",
         "the CIFAR-10 DenseNet-BC-100 state dict used by ODIN/DICE/ReAct (densenet100 ... .pt; a copy is "
-        "../shared/weights/cifar10_densenet_bc100.pt)"),
+        "../shared/weights/cifar10_densenet_bc100.pt)",
+        lambda net: net.encoder.bn1),  # the final BN on the dense features, like torchvision's norm5
     "cifar_resnet20": ArchSpec(_he_resnet(3), 10, IMAGENET_MEAN, IMAGENET_STD, "linear.weight",
-                               _IDELBAYEV.format(d=20)),
+                               _IDELBAYEV.format(d=20), _last_stage),
     "cifar_resnet56": ArchSpec(_he_resnet(9), 10, IMAGENET_MEAN, IMAGENET_STD, "linear.weight",
-                               _IDELBAYEV.format(d=56)),
+                               _IDELBAYEV.format(d=56), _last_stage),
     "resnet18_32x32": ArchSpec(
         lambda c: CifarResNet((64, 128, 256, 512), (2,) * 4, "B", "fc", c), 10, OPENOOD_CIFAR_MEAN,
         OPENOOD_CIFAR_STD, "fc.weight",
         "an OpenOOD v1.5 ResNet18_32x32 checkpoint (e.g. cifar10_resnet18_32x32_base_e100_lr0.1_default/s0/"
-        "best.ckpt from OpenOOD's download script)"),
+        "best.ckpt from OpenOOD's download script)", _last_stage),
     "resnet50": ArchSpec(
         TorchvisionResNet50, 1000, IMAGENET_MEAN, IMAGENET_STD, "fc.weight",
         "torchvision's ImageNet ResNet-50 weights resnet50-0676ba61.pth or resnet50-19c8e357.pth "
-        "(https://download.pytorch.org/models/), or a timm resnet50 checkpoint"),
+        "(https://download.pytorch.org/models/), or a timm resnet50 checkpoint",
+        lambda net: net.layer4[-1]),  # the reference's target layer (last Bottleneck)
 }
 
 
@@ -268,29 +277,6 @@ class Classifier(nn.Module):
         return f"name={self.name}, weights={self.weights or 'random'}"
 
 
-def load_weights(net: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
-    """Strict load; a mismatch raises ValueError listing the missing, unexpected and wrongly shaped keys.
-
-    BN `num_batches_tracked` counters may be absent (older files, e.g. torchvision's and the CIFAR ResNets, lack
-    them): they are only used by momentum-free BN training.
-    """
-    target = net.state_dict()
-    state = dict(state)
-    for k in target:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    shapes = [f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
-              for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-                 if keys]
-        raise ValueError(f"{what} does not fit the model: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)
-
-
 def build_classifier(name: str, weights: str | None, num_classes: int | None = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      frozen: bool = True) -> Classifier:
@@ -313,6 +299,6 @@ def build_classifier(name: str, weights: str | None, num_classes: int | None = N
         if num_classes is None and spec.head_key in state:
             num_classes = int(state[spec.head_key].shape[0])
     net = spec.build(num_classes or spec.num_classes)
-    if state is not None:
-        load_weights(net, state, f"{name} weights {path}")
+    if state is not None:  # strict: a mismatch lists every missing, unexpected and wrongly shaped key
+        load_state_strict(net, state, f"{name} weights {path}")
     return Classifier(net, mean or spec.mean, std or spec.std, name=name, weights=path, frozen=frozen)

@@ -8,6 +8,7 @@ from torchvision.transforms.functional import to_tensor
 
 from data_helpers import CIFAR10_CLASSES
 from ood_lightning.classifiers import CLASSIFIERS, build_classifier
+from ood_lightning.errors import StateDictMismatchError
 
 REAL = [  # (name, file in ../shared/weights, feature dim)
     ("cifar_densenet_bc100", "cifar10_densenet_bc100.pt", 342),
@@ -91,12 +92,12 @@ def test_mismatched_weights_name_the_key(tmp_path):
     state = build_classifier("cifar_resnet20", None).net.state_dict()
     state["layer2.1.conv1.weight"] = torch.zeros(32, 32, 1, 1)
     torch.save({"best_prec1": 0.0, "state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "bad.th")
-    with pytest.raises(ValueError, match=r"wrong shape.*layer2\.1\.conv1\.weight"):
+    with pytest.raises(StateDictMismatchError, match=r"wrong shape for layer2\.1\.conv1\.weight"):
         build_classifier("cifar_resnet20", str(tmp_path / "bad.th"))
     del state["layer2.1.conv1.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad2.th")
-    with pytest.raises(ValueError, match=r"missing.*layer2\.1\.conv1\.weight.*unexpected.*extra\.weight"):
+    with pytest.raises(StateDictMismatchError, match=r"(?s)missing layer2\.1\.conv1\.weight.*unexpected extra\.weight"):
         build_classifier("cifar_resnet20", str(tmp_path / "bad2.th"))
 
 
@@ -104,3 +105,21 @@ def test_unknown_architecture():
     with pytest.raises(ValueError, match="known: cifar_densenet_bc100"):
         build_classifier("vgg", None)
 
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_each_registry_entry_names_the_final_feature_map_for_grad_cam(name):
+    """ArchSpec.cam_layer is the block whose output the head pools: its activation is a spatial map with the
+    feature width."""
+    model = build_classifier(name, None)
+    layer = CLASSIFIERS[name].cam_layer(model.net)
+    assert any(module is layer for module in model.net.modules())
+    seen = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        with torch.no_grad():
+            model(torch.rand(2, 3, 32, 32))
+    finally:
+        handle.remove()
+    (activation,) = seen
+    assert activation.ndim == 4 and activation.shape[:2] == (2, model.feature_dim)
