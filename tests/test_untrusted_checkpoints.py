@@ -76,7 +76,7 @@ def _tiny_lfdn_config(root: Path) -> Path:
     config = {"seed_everything": 0,
               "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(root), "logger": False,
                           "enable_progress_bar": False, "enable_model_summary": False},
-              "model": tiny_lfdn(root / "cache", results_dir=root),
+              "model": tiny_lfdn(root / "cache"),
               "data": {"benchmark": "digits", "image_size": 32, "batch_size": 16, "train_subset": 16,
                        "eval_subset": 4}}
     path = root / "config.yaml"
