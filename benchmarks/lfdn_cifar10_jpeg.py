@@ -4,62 +4,97 @@
     python benchmarks/lfdn_cifar10_jpeg.py --train 10000 --eval 2000 --epochs 30 --image-size 128
 
 Prints and writes (benchmarks/results/lfdn_cifar10_jpeg.md):
-- AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, with a
-  k-nearest-neighbour distance on the same normalised features as a reference row;
-- scoring throughput (images/s, the whole evaluation from image files: backbone + 6 LFDN passes) against
-  backbone-only feature extraction on the same images;
-- the time of a training epoch on cached features against one that must run the backbone (no cache).
+- AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, from a train.py
+  run of configs/lfdn/cifar10_jpeg.yaml with these settings, with a k-nearest-neighbour distance on the same
+  normalised features as a reference row;
+- speed, measured in this process after that run, every path warmed up first and the paths timed in turn for
+  --rounds rounds, medians reported (benchmarks/lfdn_timing.py): scoring from image files (backbone + the LFDN
+  passes of all six scores) against backbone-only extraction of the same images, and a training epoch on cached
+  features against one that must run the backbone (no cache);
+- the wall time of the whole train.py run (features of every set, training, scoring).
+Speed figures are only as quiet as the machine: run it when nothing else does.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import lightning as L
-import numpy as np
 import torch
 
 from ood_lightning.backbones import MultiLayerFeatures, group_zscore
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.data.presets import ID_SET
 from ood_lightning.detectors.lfdn import LFDNDetector
-from ood_lightning.detectors.lfdn.feature_cache import extract
-from ood_lightning.metrics import ood_metrics
 from ood_lightning.io import atomic_write_text
+from ood_lightning.metrics import ood_metrics
 
 from common import REPO, ensure_extracted
+from lfdn_timing import TrainingSteps, alternate, batches
+
+CONFIG = "configs/lfdn/cifar10_jpeg.yaml"
+SCORES = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
 
 
-def knn_scores(train: torch.Tensor, test: torch.Tensor, k: int) -> np.ndarray:
+def knn_scores(train: torch.Tensor, test: torch.Tensor, k: int) -> torch.Tensor:
     """Distance to the k-th nearest training feature (L2 on the z-scored, L2-normalised vectors)."""
     train = torch.nn.functional.normalize(train, dim=1)
     test = torch.nn.functional.normalize(test, dim=1)
-    return torch.cdist(test, train).topk(k, largest=False).values[:, -1].numpy()
+    return torch.cdist(test, train).topk(k, largest=False).values[:, -1]
 
 
-def time_uncached_epoch(model: LFDNDetector, dm: OODDataModule, images, max_batches: int) -> float:
-    """Seconds per training epoch when every batch has to go through the backbone (what the cache avoids).
+@torch.no_grad()
+def features(backbone: MultiLayerFeatures, loader) -> torch.Tensor:
+    return torch.cat([backbone(batch["image"]) for batch in loader])
 
-    Timed over `max_batches` batches of images and scaled to the epoch's batch count.
-    """
-    loader = dm.loader(images, sampler=dm.training_order(images))
-    net = copy.deepcopy(model.net)  # leave the trained weights alone
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    start, n = time.perf_counter(), 0
-    for batch in loader:
-        z = group_zscore(model.backbone(batch["image"]), model.group_sizes)
-        t, noise = model.training_noise(batch["index"], z)
-        loss = model.schedule.training_loss(net, z, t, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        n += 1
-        if n == max_batches:
-            break
-    return (time.perf_counter() - start) / n * len(loader)
+
+def train_and_score(args: argparse.Namespace) -> tuple[dict, float]:
+    """train.py on the config with this run's settings; its results.json and its wall time."""
+    run = args.workdir / "run"
+    command = [sys.executable, "train.py", "--config", CONFIG, "--data.root", str(args.root),
+               "--data.train_subset", str(args.train), "--data.eval_subset", str(args.eval),
+               "--data.image_size", str(args.image_size), "--data.batch_size", str(args.batch_size),
+               "--trainer.max_epochs", str(args.epochs), "--model.init_args.hidden_dim", str(args.hidden),
+               "--model.init_args.num_blocks", str(args.blocks), "--model.init_args.lr", str(args.lr),
+               "--model.init_args.cache_dir", str(args.workdir / "features"), "--trainer.default_root_dir", str(run),
+               "--trainer.logger", "false", "--plots", "false"]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    return json.loads((run / "results.json").read_text()), time.perf_counter() - start
+
+
+def speed(args: argparse.Namespace, dm: OODDataModule, model: LFDNDetector) -> dict[str, float]:
+    """Images/s of scoring from files and of backbone-only extraction on the same ID test images; seconds of a
+    training epoch on cached features and of one through the backbone (measured over --step-batches batches and
+    scaled to the epoch's batch count)."""
+    backbone = model.backbone
+    images = dm.loader(dm.test_sets[ID_SET])
+    n_batches = min(len(images), args.speed_batches)
+    n_images = sum(len(batch["index"]) for batch in batches(images, n_batches))
+
+    def extract_only() -> None:
+        for batch in batches(images, n_batches):
+            backbone(batch["image"])
+
+    def score_from_files() -> None:
+        for batch in batches(images, n_batches):
+            model.score({model.features.key: backbone(batch["image"]), "index": batch["index"]}, ID_SET)
+
+    seconds = alternate({"extract": extract_only, "score": score_from_files}, args.rounds)
+
+    train = dm.loader(dm.train_set, sampler=dm.training_order(dm.train_set))
+    steps = TrainingSteps(model, lr=args.lr)
+    cached = [(backbone(batch["image"]), batch["index"]) for batch in batches(train, args.step_batches)]
+    epoch = alternate({"cached": lambda: steps.from_features(cached),
+                       "uncached": lambda: steps.from_images(train, args.step_batches)}, args.rounds)
+    scale = len(train) / args.step_batches
+    return {"extract_images_s": n_images / seconds["extract"], "score_images_s": n_images / seconds["score"],
+            "cached_epoch_s": epoch["cached"] * scale, "uncached_epoch_s": epoch["uncached"] * scale,
+            "speed_images": n_images}
 
 
 def main() -> None:
@@ -74,97 +109,65 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--knn-k", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per speed figure (median reported)")
+    parser.add_argument("--speed-batches", type=int, default=8, help="ID test batches timed per scoring round")
+    parser.add_argument("--step-batches", type=int, default=10, help="training batches timed per epoch round")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "benchmark_lfdn")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lfdn_cifar10_jpeg.md")
     args = parser.parse_args()
 
     ensure_extracted(args.root)
-    shutil.rmtree(args.workdir, ignore_errors=True)  # cold caches: every number below is measured in this run
-    L.seed_everything(0)
-    dm = OODDataModule(
-        "cifar10_jpeg", root=str(args.root), image_size=args.image_size, batch_size=args.batch_size,
-        num_workers=2, train_subset=args.train, eval_subset=args.eval,
-    )
+    shutil.rmtree(args.workdir, ignore_errors=True)  # cold caches: the fit time below includes every extraction
+    results, fit_s = train_and_score(args)
+
+    torch.manual_seed(0)
+    dm = OODDataModule("cifar10_jpeg", root=str(args.root), image_size=args.image_size,
+                       batch_size=args.batch_size, num_workers=2, train_subset=args.train, eval_subset=args.eval)
     dm.setup("fit")
-    train_images = dm.train_set
     backbone = MultiLayerFeatures("tf_efficientnet_lite0", weights="package")
-    model = LFDNDetector(
-        backbone, hidden_dim=args.hidden, num_blocks=args.blocks, lr=args.lr,
-        cache_dir=str(args.workdir / "features"), results_dir=str(args.workdir / "results"),
-    )
-    warm = next(iter(dm.loader(dm.test_sets["id"])))["image"]
-    backbone(warm)  # first CPU forward at a new shape pays a one-off warm-up
+    model = LFDNDetector(backbone, hidden_dim=args.hidden, num_blocks=args.blocks, lr=args.lr,
+                         cache_dir=str(args.workdir / "features"))  # untrained: speed does not depend on weights
+    timing = speed(args, dm, model)
 
-    # 1. backbone-only extraction of the test images (no cache involved)
-    start = time.perf_counter()
-    test_features = {
-        name: extract(backbone, dm.loader(ds), torch.device("cpu"), f"backbone only: {name}", quiet=False)
-        for name, ds in dm.test_sets.items()
-    }
-    extract_s = time.perf_counter() - start
-    n_test = sum(len(f["index"]) for f in test_features.values())
-
-    # 2. training on cached features (the cache is built at fit start; timed separately from the epochs)
-    epoch_times = []
-
-    class EpochTimer(L.Callback):
-        def on_train_epoch_start(self, *_):
-            self.t = time.perf_counter()
-
-        def on_train_epoch_end(self, *_):
-            epoch_times.append(time.perf_counter() - self.t)
-
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=args.epochs, logger=False, enable_checkpointing=False,
-        default_root_dir=args.workdir, callbacks=[EpochTimer()],
-    )
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    fit_s = time.perf_counter() - start
-    cached_epoch_s = float(np.median(epoch_times))
-    uncached_epoch_s = time_uncached_epoch(model, dm, train_images, max_batches=10)
-
-    # 3. the whole evaluation from image files with a cold test cache: backbone + LFDN scoring
-    start = time.perf_counter()
-    trainer.test(model, datamodule=dm, verbose=False)
-    score_s = time.perf_counter() - start
-
-    # 4. k-NN reference row on the same z-scored features
-    train_z = group_zscore(dm.train_set.features, model.group_sizes)
-    knn = {
-        name: knn_scores(train_z, group_zscore(f["features"], model.group_sizes), args.knn_k)
-        for name, f in test_features.items()
-    }
+    # k-NN reference row on the same z-scored features
+    train_z = group_zscore(features(backbone, dm.loader(dm.train_set)), model.group_sizes)
+    knn = {name: knn_scores(train_z, group_zscore(features(backbone, dm.loader(ds)), model.group_sizes),
+                            args.knn_k).numpy()
+           for name, ds in dm.test_sets.items()}
     rows = []
     for ood in ("tin", "mnist"):
-        for score in ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0"):
-            m = model.results["scores"][score][ood]
+        for score in SCORES:
+            m = results["scores"][score][ood]
             rows.append((ood, score, m["auroc"], m["fpr95"], m["fpr95_openood"]))
-        m = ood_metrics(knn["id"], knn[ood])
+        m = ood_metrics(knn[ID_SET], knn[ood])
         rows.append((ood, f"knn (k={args.knn_k})", m["auroc"], m["fpr95"], m["fpr95_openood"]))
 
     lines = [
         f"LFDN (Lite0 {args.image_size} px, width {args.hidden} x {args.blocks} blocks, {args.epochs} epochs, "
-        f"lr {args.lr}) trained on {len(dm.train_set)} CIFAR-10 JPEGs; {args.eval} images per test set.",
+        f"lr {args.lr}) trained on {args.train} CIFAR-10 JPEGs; {args.eval} images per test set.",
         "",
         "| OOD set | score | AUROC | FPR95 (ID 95%) | FPR95 (OpenOOD) |",
         "|---|---|---|---|---|",
         *[f"| {o} | {s} | {100 * a:.2f} | {100 * f:.2f} | {100 * g:.2f} |" for o, s, a, f, g in rows],
         "",
+        f"Speed: every path warmed up, then timed in turn for {args.rounds} rounds; medians "
+        f"({timing['speed_images']} ID test images per scoring round, {args.step_batches} training batches per "
+        "epoch round, scaled to the epoch).",
+        "",
         "| speed (2 CPU cores) | value |",
         "|---|---|",
-        f"| backbone-only feature extraction | {n_test / extract_s:.1f} images/s |",
-        f"| scoring from image files (backbone + LFDN, MSE/MFsim/LR) | {n_test / score_s:.1f} images/s "
-        f"({extract_s / score_s:.2f}x) |",
-        f"| training epoch, cached features | {cached_epoch_s:.2f} s |",
-        f"| training epoch, backbone every batch (no cache) | {uncached_epoch_s:.1f} s "
-        f"({uncached_epoch_s / cached_epoch_s:.0f}x slower) |",
-        f"| whole fit incl. building the train feature cache | {fit_s:.0f} s |",
+        f"| backbone-only feature extraction from image files | {timing['extract_images_s']:.1f} images/s |",
+        f"| scoring from image files (backbone + LFDN, all six scores) | {timing['score_images_s']:.1f} images/s "
+        f"({timing['score_images_s'] / timing['extract_images_s']:.2f}x) |",
+        f"| training epoch, cached features | {timing['cached_epoch_s']:.2f} s |",
+        f"| training epoch, backbone every batch (no cache) | {timing['uncached_epoch_s']:.1f} s "
+        f"({timing['uncached_epoch_s'] / timing['cached_epoch_s']:.0f}x slower) |",
+        f"| whole train.py run (features of every set, {args.epochs} epochs, scoring) | {fit_s:.0f} s |",
     ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     atomic_write_text(args.out, text)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(model.results, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
 
 
