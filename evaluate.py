@@ -6,7 +6,7 @@ r"""Score a trained (or zero-training) detector on a benchmark and write the res
         --model.init_args.official_checkpoints '[checkpoint-0.pth, checkpoint-last.pth]'
     python evaluate.py --help-all                        # every option, typed
 
-Results (results.json/csv/md, scores/<set>.npz, plots/) go to the run folder (see `--model.init_args.results_dir`).
+Results (results.json/csv/md, scores/<set>.npz, plots/) go to the run folder, or to --results_dir.
 
 Re-use of per-sample scores, no model needed (metrics, tables and plots are rebuilt from scores/*.npz):
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import lightning as L
 from jsonargparse import ArgumentError, DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -20,7 +20,9 @@ from ood_lightning.cli_messages import (DETECTORS, FULL_HELP_FLAG, HELP_FLAGS, T
                                         offending_arguments, readable_argument_errors, short_help)
 from ood_lightning.config_files import WHERE_TO_GET_THEM, missing_files
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.detectors.base import OODDetector
 from ood_lightning.errors import CheckpointMismatchError
+from ood_lightning.evaluation import Evaluation
 from ood_lightning.io import SafeCheckpointIO, is_url, load_checkpoint
 from ood_lightning.run_folder import RunConfigCallback
 from ood_lightning.wandb_logging import wandb_offline_without_credentials, wandb_save_dir_in_root_dir
@@ -33,27 +35,14 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 TRAINER_DEFAULTS = {"default_root_dir": "runs", "log_every_n_steps": 10}
 
 
-class _ConfiguredModelInstantiator(_InstantiatorFn):
-    """LightningCLI hands the model section of the config to every module of the model type it builds, nested ones
-    included, as their hyperparameters: a CascadeFusion's baseline and refiner would save the fusion's config and
-    miss their own. Only the configured class gets it here; nested detectors save their own init args."""
-
-    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
-        self.cli._dump_config()
-        configured = self.cli.config_dump.get(self.key, {}).get("class_path")
-        if configured and configured != f"{class_type.__module__}.{class_type.__qualname__}":
-            return class_type(*args, **kwargs)
-        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
-
-
 class OODCLI(LightningCLI):
     """Adds the checkpoint path that both entry points take; the model (a detector, or a model train.py only fits,
     e.g. configs/diffusion/) is chosen by class_path.
 
-    After instantiation it hands the resolved config to the detector (results.json's config_hash is taken over
-    it), makes the trainer read checkpoints through `SafeCheckpointIO` (never running pickled code, URLs
-    included) and, when a WandbLogger is configured but no W&B credentials exist, switches W&B to offline mode
-    instead of letting wandb.init stop the run. An error raised by a class's constructor (a missing or refused
+    A detector gets the evaluation (`Evaluation`, configured by --results_dir, --plots and the resolved config that
+    results.json's config_hash is taken over) as a trainer callback. The trainer reads checkpoints through
+    `SafeCheckpointIO` (never running pickled code, URLs included) and, when a WandbLogger is configured but no
+    W&B credentials exist, W&B is switched to offline mode instead of letting wandb.init stop the run. An error raised by a class's constructor (a missing or refused
     weight file, say) comes out as itself, not inside jsonargparse's dump of every union subtype.
     """
 
@@ -65,6 +54,9 @@ class OODCLI(LightningCLI):
             help="train.py: resume from this checkpoint ('last' = newest in the run folder); "
             "evaluate.py: score the weights in this checkpoint.",
         )
+        parser.add_argument("--results_dir", type=Optional[str], default=None,
+                            help="where a detector's results go (results.json/csv/md, scores/, plots/, grids/); "
+                            "default: the run folder")
         parser.add_argument("--plots", type=bool, default=True,
                             help="write score histograms and ROC curves (plots/*.png) beside the results")
 
@@ -91,11 +83,6 @@ class OODCLI(LightningCLI):
                   f"{prog} --help lists the models and configs; {prog} --help-all every option.", file=sys.stderr)
             raise SystemExit(2)
 
-    def _add_instantiators(self) -> None:
-        super()._add_instantiators()
-        self.parser.add_instantiator(_ConfiguredModelInstantiator(cli=self, key="model"),
-                                     _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
-
     def before_instantiate_classes(self) -> None:
         """Before any model is built: every file the config names must exist (all missing ones in one message);
         W&B without a save_dir writes under the trainer's default_root_dir."""
@@ -107,6 +94,7 @@ class OODCLI(LightningCLI):
             raise FileNotFoundError("\n".join([f"{len(missing)} file(s) this config names are missing:",
                                                 *(f"  {line}" for line in missing), WHERE_TO_GET_THEM]))
         wandb_save_dir_in_root_dir(self.config.trainer)
+        wandb_offline_without_credentials(self.config.trainer)
 
     def instantiate_classes(self) -> None:
         try:
@@ -118,10 +106,11 @@ class OODCLI(LightningCLI):
             raise cause from None
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
             self.trainer.strategy.checkpoint_io = SafeCheckpointIO()
-        config = self.config.as_dict()
-        self.model.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
-        self.model.write_plots = bool(config.get("plots", True))
-        wandb_offline_without_credentials(self.trainer.loggers)
+        if isinstance(self.model, OODDetector):
+            config = self.config.as_dict()
+            run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
+            self.trainer.callbacks.append(Evaluation(config.get("results_dir"), bool(config.get("plots", True)),
+                                                     run_config))
 
     def checkpoint_path(self) -> str | None:
         """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);

@@ -339,14 +339,15 @@ def rescore(
         groups: near/far groups {group: [set, ...]}; default: those of the previous results.json (none without it).
         plots: write plots/*.png.
 
-    Run identity (benchmark, detector, config_hash, checkpoint) and the original wall time come from the previous
-    results.json when it exists; "rescored_from" records the source folder.
+    Run identity (benchmark, detector, config_hash, checkpoint), the original wall time and the entries a detector
+    added (e.g. CascadeFusion's "fusion") come from the previous results.json when it exists, as does the order of
+    the OOD sets; "rescored_from" records the source folder.
     """
     results_dir = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else results_dir
     previous_path = results_dir / "results.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
-    per_set = load_scores(results_dir / SCORES_DIR, order=previous.get("ood_sets", previous.get("n_skipped", ())),
+    per_set = load_scores(results_dir / SCORES_DIR, order=previous.get("ood_sets", ()),
                           skipped=previous.get("n_skipped"))
     if ID_SET not in per_set:
         raise FileNotFoundError(f"{results_dir / SCORES_DIR} has no {ID_SET}.npz (the in-distribution scores)")
@@ -368,6 +369,8 @@ def rescore(
         wall_time=previous.get("wall_time_s"),
         extra=extra,
     )
+    # Entries a detector added (CascadeFusion's "fusion" block) describe the run, not the table: kept as they were.
+    results.update({key: value for key, value in previous.items() if key not in results})
     same_dir = out.resolve() == results_dir.resolve()
     write_results(out, results, per_set, scores=not same_dir, plots=plots)
     if not quiet:

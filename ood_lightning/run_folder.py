@@ -1,10 +1,11 @@
 """The run folder: where every file of one run goes, whichever logger is configured.
 
 Lightning's ModelCheckpoint writes into the first logger's run folder, `<save_dir>/<name>/<version>/checkpoints`
-(the CSV and TensorBoard loggers' `log_dir`), and `OODDetector.output_dir` puts the results beside them. LightningCLI's
-own SaveConfigCallback writes config.yaml into `trainer.log_dir` instead, which for other loggers (W&B, MLflow) is
-their `save_dir`, shared by every run: each run overwrote the last one's config. `RunConfigCallback` writes it into
-the run folder, and removes the folder of a run that failed before writing anything else into it.
+(the CSV and TensorBoard loggers' `log_dir`), and the evaluation (`Evaluation.output_dir`) puts the results beside
+them. LightningCLI's own SaveConfigCallback writes config.yaml into `trainer.log_dir` instead, which for other
+loggers (W&B, MLflow) is their `save_dir`, shared by every run: each run overwrote the last one's config.
+`RunConfigCallback` writes it into the run folder, and removes the folder of a run that failed before writing
+anything else into it.
 """
 from __future__ import annotations
 

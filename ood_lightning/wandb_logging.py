@@ -55,11 +55,13 @@ def wandb_credentials_found() -> bool:
     return False
 
 
-def wandb_offline_without_credentials(loggers: Iterable) -> bool:
-    """Switch W&B to offline mode (WANDB_MODE=offline) when a WandbLogger is configured, no mode was chosen and
-    no credentials exist: wandb.init would otherwise stop the run with "No API key configured". Returns whether it
-    switched. Call before the run starts (cli.py does), so spawned and launched processes inherit the mode."""
-    candidates = [lg for lg in wandb_loggers(loggers) if not getattr(lg, "_offline", False)]
+def wandb_offline_without_credentials(trainer_config) -> bool:
+    """In the parsed trainer config (before the loggers exist): switch W&B to offline mode (WANDB_MODE=offline) when
+    a WandbLogger is configured without `offline: true`, no mode was chosen and no credentials exist: wandb.init
+    would otherwise stop the run with "No API key configured". Returns whether it switched. cli.py calls it before
+    the run starts, so spawned and launched processes inherit the mode."""
+    candidates = [logger for logger in _configured_loggers(trainer_config)
+                  if _is_wandb_config(logger) and not logger.init_args.get("offline", False)]
     if not candidates or os.environ.get("WANDB_MODE") or wandb_credentials_found():
         return False
     os.environ["WANDB_MODE"] = "offline"
@@ -71,6 +73,17 @@ def wandb_offline_without_credentials(loggers: Iterable) -> bool:
     return True
 
 
+def _configured_loggers(trainer_config) -> list:
+    """The logger entries of a parsed trainer config (one, a list, or none)."""
+    loggers = trainer_config.logger
+    return loggers if isinstance(loggers, list) else [loggers]
+
+
+def _is_wandb_config(logger) -> bool:
+    class_path = getattr(logger, "class_path", "") or ""
+    return class_path.rsplit(".", 1)[-1] == "WandbLogger"
+
+
 def wandb_save_dir_in_root_dir(trainer_config) -> None:
     """In the parsed trainer config (before the loggers exist): give a WandbLogger left at its save_dir default (".",
     the current directory) the trainer's default_root_dir.
@@ -79,10 +92,8 @@ def wandb_save_dir_in_root_dir(trainer_config) -> None:
     `<save_dir>/wandb/` then land under the run's root like every other logger's, not in whatever directory the
     command ran from (`ood_lightning/<run id>/` inside the source tree, for `--trainer.logger` with project
     ood_lightning run from the repository). cli.py calls it before instantiating the trainer."""
-    loggers = trainer_config.logger if isinstance(trainer_config.logger, list) else [trainer_config.logger]
-    for logger in loggers:
-        class_path = getattr(logger, "class_path", "") or ""
-        if class_path.rsplit(".", 1)[-1] == "WandbLogger" and logger.init_args.get("save_dir") in (None, "."):
+    for logger in _configured_loggers(trainer_config):
+        if _is_wandb_config(logger) and logger.init_args.get("save_dir") in (None, "."):
             logger.init_args.save_dir = trainer_config.default_root_dir
 
 
@@ -119,8 +130,8 @@ def log_image_grid(loggers: Iterable, key: str, images, *, caption: str | None =
                    step: int | None = None) -> None:
     """Log images [N, 3, H, W] (or [N, 1, H, W]) in [0, 1] as one grid to each WandbLogger and TensorBoardLogger.
 
-    The hook for detectors that produce pictures (DiffGuard: input / synthesis / Grad-CAM mask): call
-    `OODDetector.log_images` from test_step. Other loggers are left alone; failures become warnings."""
+    The evaluation logs the pictures detectors hand over with `OODDetector.show` (DiffGuard: input / inversion /
+    synthesis rows) through it. Other loggers are left alone; failures become warnings."""
     import torch
     from torchvision.utils import make_grid
 

@@ -14,14 +14,11 @@ TINY_UNET = {"num_classes": 5, "sample_size": 16, "block_out_channels": [8, 16],
              "attention_head_dim": 4, "norm_num_groups": 4, "samples_per_class": 2, "sample_steps": 5}
 
 
-def tiny_lfdn(cache_dir: Path, results_dir: Path | None = None,
-              backbone: str = "ood_lightning.backbones.MultiLayerFeatures") -> dict:
+def tiny_lfdn(cache_dir: Path, backbone: str = "ood_lightning.backbones.MultiLayerFeatures") -> dict:
     """The model section of a config: an LFDN of width 32 and one block on a random-init EfficientNet-Lite0 (random
     init is explicit, weights null: meaningless but deterministic features)."""
     init = {"backbone": {"class_path": backbone, "init_args": {"model_name": "tf_efficientnet_lite0", "weights": None}},
             "hidden_dim": 32, "num_blocks": 1, "cache_dir": str(cache_dir)}
-    if results_dir is not None:
-        init["results_dir"] = str(results_dir)
     return {"class_path": "ood_lightning.detectors.lfdn.LFDNDetector", "init_args": init}
 
 

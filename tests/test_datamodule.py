@@ -161,3 +161,72 @@ def test_lightning_trainer_runs_every_test_loader(tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.test(model, datamodule=dm, verbose=False)
     assert model.seen == {0: list(range(8)), 1: list(range(7)), 2: list(range(3))}
+
+
+# --- cached features for models that declare them ---------------------------------------------------------------
+
+class _ChannelMeans(torch.nn.Module):
+    """A stand-in frozen backbone: the per-channel means of an image, with the identity the cache is keyed by."""
+
+    feature_dim = 3
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def identity(self) -> str:
+        return f"channel_means x{self.scale}"
+
+    def forward(self, images):
+        return self.scale * images.mean((2, 3))
+
+
+class _FeatureReader(L.LightningModule):
+    """Records the keys and indices of the batches it gets; reads images only when asked to."""
+
+    def __init__(self, features, images: bool):
+        super().__init__()
+        from ood_lightning.data import BatchInputs
+
+        self.inputs = BatchInputs(images=images, features=tuple(features))
+        self.seen: dict[int, list[dict]] = {}
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self.seen.setdefault(dataloader_idx, []).append(batch)
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_declared_features_are_served_with_images_only_when_read(tmp_path, images):
+    from ood_lightning.data import CachedFeatures, FeatureInput
+
+    dm = _folders_module(tmp_path)
+    write_corrupt_files(tmp_path / "ood_a")  # three unreadable files beside its 7 images
+    features = [FeatureInput(_ChannelMeans(), str(tmp_path / "cache")),
+                FeatureInput(_ChannelMeans(2.0), str(tmp_path / "cache"))]
+    assert features[0].key != features[1].key  # two backbones in one model never share a key
+    model = _FeatureReader(features, images)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.test(model, datamodule=dm, verbose=False)
+    ood_a = dm.test_sets["ood_a"]
+    assert isinstance(ood_a, CachedFeatures) and ood_a.in_memory is not images  # features alone: no decoding
+    batches = model.seen[1]
+    keys = {features[0].key, features[1].key, "label", "index", "skipped"} | ({"image"} if images else set())
+    assert all(set(batch) == keys for batch in batches)
+    index = torch.cat([batch["index"] for batch in batches])
+    first, second = (torch.cat([batch[f.key] for batch in batches]) for f in features)
+    torch.testing.assert_close(second, 2 * first)
+    assert len(index) == 7 and len(first) == 7
+    skipped = torch.cat([batch["skipped"] for batch in batches]).tolist() + ood_a.skipped.tolist()
+    assert len(set(skipped)) == 3  # the unreadable files: in the batches when images are read, else listed
+    if images:
+        torch.testing.assert_close(torch.cat([batch["image"] for batch in batches]).mean((2, 3)), first)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2 * 3  # one file per (set, backbone)
+
+
+def test_a_model_of_images_gets_the_datasets_unchanged(tmp_path):
+    dm = _folders_module(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.test(_IndexRecorder(), datamodule=dm, verbose=False)
+    assert type(dm.test_sets["id"]).__name__ != "CachedFeatures" and not (tmp_path / "cache").exists()

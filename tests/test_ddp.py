@@ -76,7 +76,7 @@ def test_two_processes_equal_one(tmp_path):
         log, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name} run failed:\n{log[-4000:]}"
         assert "Traceback" not in log, log[-4000:]
-        # no results_dir: results go to the logger's run folder (found on every rank, see OODDetector.output_dir)
+        # no results_dir: results go to the logger's run folder (found on every rank, see Evaluation.output_dir)
         run_dir = root / "lightning_logs" / "version_0"
         out[name] = (json.loads((run_dir / "results.json").read_text()), run_dir)
 

@@ -36,7 +36,8 @@ def _launch(root: Path, devices: int) -> subprocess.Popen:
         "seed_everything": 0,
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": devices, "default_root_dir": str(root),
                     "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": tiny_lfdn(root / "cache", results_dir=root, backbone="test_ddp_training.CountingFeatures"),
+        "model": tiny_lfdn(root / "cache", backbone="test_ddp_training.CountingFeatures"),
+        "results_dir": str(root),
         "data": {"benchmark": "digits", "image_size": 32, "batch_size": GLOBAL_BATCH // devices,
                  "train_subset": N_TRAIN, "eval_subset": N_EVAL, "num_workers": 0},
     }

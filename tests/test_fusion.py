@@ -1,7 +1,9 @@
 """CascadeFusion: the cascade's tier and order properties, the squash's resolution, thresholds from ID validation
-only, and end-to-end runs through the evaluator on sklearn digits (random CIFAR ResNet-20 for MLS; as refiner a
-stub scoring image brightness, and DiffGuardGDM on a tiny random UNet). The scores are meaningless; the
-ordering rules, the wiring and the errors are what is checked."""
+only, and end-to-end runs through the evaluation on sklearn digits (random CIFAR ResNet-20 for MLS and KNN; as
+refiner a stub scoring image brightness, DiffGuardGDM on a tiny random UNet, a tiny random LFDN on cached features,
+and LFDN as baseline too). The scores are meaningless; the ordering rules, the wiring and the errors are what is
+checked."""
+import csv
 import json
 
 import numpy as np
@@ -10,6 +12,9 @@ import torch
 import yaml
 
 from diffguard_helpers import save_tiny_unet
+from script_runs import tiny_lfdn
+
+import evaluate
 from ood_lightning.cli import make_cli
 from ood_lightning.data.datamodule import collate
 from ood_lightning.detectors.base import OODDetector
@@ -21,14 +26,13 @@ N = 8  # images per test set
 
 class Brightness(OODDetector):
     """A refiner without diffusion: brighter images score higher. Reports a `prediction` (clashes with the
-    baseline's) and records what it saw of the trainer at test start."""
+    baseline's) and records that its test-start hook ran."""
 
     score_names = ("brightness",)
     extra_names = ("prediction",)
 
     def on_test_start(self) -> None:
-        super().on_test_start()
-        self.started_in = self.output_dir()
+        self.started = True
 
     def score(self, batch: dict, dataset: str) -> dict:
         x = batch["image"].float()
@@ -138,9 +142,9 @@ def _config(tmp_path, refiner, refiner_score, trainer=(), **fusion):
                          "init_args": {"classifier": "cifar_resnet20", "classifier_weights": None,
                                        "num_classes": 10, "scores": ["mls"]}},
             "refiner": refiner, "baseline_score": "mls", "refiner_score": refiner_score,
-            "quantiles": [0.2, 0.8], "validation_size": 20, "results_dir": str(tmp_path), **fusion}},
+            "quantiles": [0.2, 0.8], "validation_size": 20, **fusion}},
         "data": {"benchmark": "digits", "image_size": 16, "eval_subset": N, "train_subset": 40, "batch_size": 4},
-        "plots": False,
+        "plots": False, "results_dir": str(tmp_path),
     }
     path = tmp_path / "config.yaml"
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -174,7 +178,20 @@ def _check_fused_files(out, refiner_score, baseline="mls"):
         assert dict(zip(("id_confident", "band", "ood_confident"), np.bincount(tier, minlength=3).tolist())) == \
             info["tiers"][name]
         assert _lexicographic_ok(b, d, fused, info["low"], info["high"])
+    _check_tables_agree(out, results)
     return results
+
+
+def _check_tables_agree(out, results):
+    """results.csv and results.md hold results.json's rows (fused score included): written once, together."""
+    with open(out / "results.csv") as f:
+        rows = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
+    expected = {(score, ood_set): m for score, sets in results["scores"].items() for ood_set, m in sets.items()}
+    assert rows.keys() == expected.keys()
+    markdown = (out / "results.md").read_text()
+    for (score, ood_set), m in expected.items():
+        assert float(rows[score, ood_set]["auroc_percent"]) == pytest.approx(100 * m["auroc"], rel=1e-12)
+        assert f"| {score} | {ood_set} | {100 * m['auroc']:.2f} |" in markdown
 
 
 def test_fusion_through_the_evaluator(tmp_path):
@@ -183,7 +200,7 @@ def test_fusion_through_the_evaluator(tmp_path):
     _check_fused_files(tmp_path, "brightness")
     s = _scores(tmp_path, "id")
     assert (s["extra_refiner_prediction"] == 7).all() and "extra_prediction" in s
-    assert model.refiner.started_in == tmp_path and len(model.refiner.collectors) == 0  # hook forwarded, no collector
+    assert model.refiner.started  # the hook is forwarded
     # The thresholds are the quantiles of the baseline on the seeded train sample, whatever the test sets hold.
     validation, _ = _split(len(dm.train_set), 20, 0)
     images = torch.stack([dm.train_set[i]["image"] for i in validation])
@@ -221,7 +238,7 @@ def test_fusion_with_diffguard_gdm(unet_dir, tmp_path):
     model = _run(_config(tmp_path, _gdm(unet_dir), "logits_l1", trainer={"inference_mode": False})).model
     assert model.refiner.hparams.grid_images == 2
     _check_fused_files(tmp_path, "logits_l1")
-    assert (tmp_path / "grids" / "id.png").is_file()  # DiffGuard's on_test_start ran, into the fusion's folder
+    assert (tmp_path / "grids" / "id.png").is_file()  # DiffGuard's grids, shown through the evaluation
     with pytest.raises(RuntimeError, match="inference_mode: false"):
         _run(_config(tmp_path / "inference", _gdm(unet_dir), "logits_l1", trainer={"inference_mode": True}))
 
@@ -248,8 +265,6 @@ def test_clashing_or_misplaced_children_fail_at_construction():
     baseline = _baseline(("mls", "msp"))
     with pytest.raises(ValueError, match="two detectors"):
         CascadeFusion(baseline, baseline, "mls", "msp")
-    with pytest.raises(ValueError, match="refiner's results_dir is unused"):
-        CascadeFusion(_baseline(), Brightness(results_dir="somewhere"), "mls", "brightness")
 
 
 def test_setup_errors_name_the_fix(tmp_path):
@@ -262,3 +277,81 @@ def test_setup_errors_name_the_fix(tmp_path):
                     "knn"])
     with pytest.raises(RuntimeError, match="thresholds are not set"):
         CascadeFusion(_baseline(), Brightness(), "mls", "brightness").score({"image": torch.rand(2, 3, 8, 8)}, "id")
+
+
+# ------------------------------------------------------------------------------- any detector composes
+def _lfdn(tmp_path):
+    model = tiny_lfdn(tmp_path / "cache")
+    model["init_args"]["allow_untrained"] = True
+    return model
+
+
+def _lfdn_alone(tmp_path, out):
+    """The same tiny LFDN scored on its own, for its scores inside a fusion to be compared with."""
+    args = _config(out, {"class_path": f"{__name__}.Brightness"}, "brightness")
+    config = yaml.safe_load(open(args[1]))
+    config["model"] = _lfdn(tmp_path)
+    config["results_dir"] = str(out)
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    evaluate.main(args)
+    return {name: _scores(out, name) for name in ("id", "digits_5_9")}
+
+
+def test_lfdn_as_refiner_reads_features_while_the_baseline_reads_images(tmp_path):
+    cli = _run(_config(tmp_path / "fusion", _lfdn(tmp_path), "mse"))
+    results = _check_fused_files(tmp_path / "fusion", "mse")
+    assert results["fusion"]["validation_images"] == 20
+    alone = _lfdn_alone(tmp_path, tmp_path / "alone")
+    for name in ("id", "digits_5_9"):  # the features LFDN gets inside the fusion are the ones it gets alone
+        np.testing.assert_array_equal(_scores(tmp_path / "fusion", name)["score_mse"], alone[name]["score_mse"])
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # train, id, digits_5_9: one backbone pass each
+    assert cli.model.inputs.images and [f.key for f in cli.model.inputs.features] == [cli.model.refiner.features.key]
+
+
+def test_lfdn_as_baseline_is_calibrated_on_features(tmp_path):
+    refiner = {"class_path": f"{__name__}.Brightness"}
+    cli = _run(_config(tmp_path, refiner, "brightness", baseline=_lfdn(tmp_path), baseline_score="mse"))
+    model, dm = cli.model, cli.datamodule
+    results = _check_fused_files(tmp_path, "brightness", baseline="mse")
+    train = dm.served(dm.train_set, "train")  # from the cache the fusion's setup wrote
+    validation, _ = _split(len(train), 20, 0)
+    batch = collate([train[i] for i in validation])
+    assert "image" in batch  # the Brightness refiner reads images: they are served beside the features
+    b = model.baseline.score(batch, "id_validation")["mse"].double()
+    expected = torch.quantile(b, torch.tensor([0.2, 0.8], dtype=torch.float64)).tolist()
+    np.testing.assert_allclose([results["fusion"]["low"], results["fusion"]["high"]], expected, rtol=1e-6)
+
+
+def test_two_classifier_baselines_fit_through_the_interface(tmp_path):
+    refiner = {"class_path": "ood_lightning.detectors.baselines.ClassifierBaselines",
+               "init_args": {"classifier": "cifar_resnet20", "classifier_weights": None, "num_classes": 10,
+                             "scores": ["knn"], "knn_k": 3, "seed": 1}}
+    model = _run(_config(tmp_path, refiner, "knn")).model
+    assert not model.baseline.needs_fit and not model.refiner.needs_fit
+    assert len(model.refiner.knn_bank) == 40  # the refiner is fitted on the whole train split
+    results = _check_fused_files(tmp_path, "knn")
+    s = _scores(tmp_path, "id")
+    assert "extra_prediction" in s and "extra_refiner_prediction" in s
+    assert set(results["scores"]) == {"mls", "knn", "knn+mls"}
+
+
+def test_from_scores_keeps_the_fusion_block(tmp_path):
+    _run(_config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness"))
+    before = json.loads((tmp_path / "results.json").read_text())
+    rescored = evaluate.rescore_main(["--from_scores", str(tmp_path), "--out_dir", str(tmp_path / "again"),
+                                      "--plots", "false"])
+    assert rescored["fusion"] == before["fusion"]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["fusion"] == before["fusion"] and again["scores"] == before["scores"]
+    _check_tables_agree(tmp_path / "again", again)
+
+
+def test_the_fusion_block_is_in_the_results_every_file_is_written_from(tmp_path, monkeypatch):
+    import ood_lightning.evaluation as evaluation
+
+    written = []
+    real = evaluation.write_results
+    monkeypatch.setattr(evaluation, "write_results",
+                        lambda out, results, *a, **k: written.append(dict(results)) or real(out, results, *a, **k))
+    _run(_config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness"))
+    assert len(written) == 1 and written[0]["fusion"] == json.loads((tmp_path / "results.json").read_text())["fusion"]

@@ -336,7 +336,7 @@ def test_evaluate_counts_skipped_hostile_files(tmp_path):
         "--model.class_path", "ood_lightning.detectors.baselines.ClassifierBaselines",
         "--model.init_args.classifier", "cifar_resnet20", "--model.init_args.classifier_weights", "null",
         "--model.init_args.num_classes", "10", "--model.init_args.scores", "[msp]",
-        "--model.init_args.results_dir", str(out),
+        "--results_dir", str(out),
         "--data.benchmark", "folders", "--data.root", str(data), "--data.id_test", "id",
         "--data.ood", "{hostile: hostile}", "--data.image_size", "16", "--data.batch_size", "4",
         "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger", "false",

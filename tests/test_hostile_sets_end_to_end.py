@@ -34,7 +34,8 @@ def _train(tmp_path: Path, ood: dict[str, Path], id_train: Path | None = None) -
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "max_epochs": 1, "default_root_dir": str(tmp_path / "runs"),
                     "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": tiny_lfdn(tmp_path / "cache", results_dir=out),
+        "model": tiny_lfdn(tmp_path / "cache"),
+        "results_dir": str(out),
         "data": {"benchmark": "folders", "id_train": str(id_train), "id_test": str(id_test),
                  "ood": {name: str(folder) for name, folder in ood.items()}, "image_size": 32, "batch_size": 4},
         "plots": True,
@@ -95,10 +96,10 @@ def test_diffguard_run_with_an_ood_set_of_unreadable_files(tmp_path):
     init = {"diffusion_model": str(save_tiny_unet(tmp_path / "unet")), "classifier": "cifar_resnet20",
             "classifier_weights": None, "num_classes": 10, "num_steps": 4, "max_inversion_steps": 2,
             "stop_psnr": 14.0, "stop_dists_similarity": None, "cutouts": 1, "cutout_size": 12,
-            "similarities": "[l2]", "grid_images": 0, "results_dir": str(out)}
+            "similarities": "[l2]", "grid_images": 0}
     args = evaluate_args("ood_lightning.detectors.diffguard.gdm.DiffGuardGDM", init, out, 4, 10)
-    run_evaluate(args + ["--data.benchmark", "folders", "--data.root", str(tmp_path), "--data.id_test", "id",
-                         "--data.ood", "{good: good, allbad: allbad}"])
+    run_evaluate(args + ["--results_dir", str(out), "--data.benchmark", "folders", "--data.root", str(tmp_path),
+                         "--data.id_test", "id", "--data.ood", "{good: good, allbad: allbad}"])
     results = json.loads((out / "results.json").read_text())
     assert results["n_skipped"] == {"id": 0, "good": 0, "allbad": 3}
     assert results["scores"]["l2"]["good"]["auroc"] is not None

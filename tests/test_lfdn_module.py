@@ -14,11 +14,12 @@ from data_helpers import make_class_tree, make_flat, write_corrupt_files
 import evaluate
 import train
 from ood_lightning.backbones import MultiLayerFeatures
+from ood_lightning.data import feature_cache as feature_cache_module
 from ood_lightning.data.datamodule import OODDataModule
+from ood_lightning.data.feature_cache import FeatureInput, cached_features
 from ood_lightning.detectors.lfdn import LFDNDetector
-from ood_lightning.detectors.lfdn import feature_cache as feature_cache_module
 from ood_lightning.detectors.lfdn.export import export
-from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
+from ood_lightning.evaluation import Evaluation
 
 
 def tiny_detector(tmp_path: Path, **kwargs) -> LFDNDetector:
@@ -44,11 +45,12 @@ def test_scores_do_not_depend_on_batch_size(tmp_path):
         torch.nn.init.normal_(net.proj_out.weight, std=0.2)
     results = {}
     for batch_size in (4, 7):
-        model.results_dir = str(tmp_path / f"bs{batch_size}")
+        out = tmp_path / f"bs{batch_size}"
         dm = OODDataModule("digits", image_size=32, batch_size=batch_size, eval_subset=23)
-        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                            callbacks=[Evaluation(out)])
         trainer.test(model, datamodule=dm, verbose=False)
-        results[batch_size] = scores_of(Path(model.results_dir))
+        results[batch_size] = scores_of(out)
     assert results[4].keys() == {"id", "digits_5_9"}
     for name, arrays in results[4].items():
         np.testing.assert_array_equal(arrays["index"], np.arange(23))
@@ -68,21 +70,22 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, monkeypatch):
     dm = OODDataModule("digits", image_size=32, batch_size=16, eval_subset=10)
     dm.setup("test")
     backbone = MultiLayerFeatures("tf_efficientnet_lite0", weights=None)
-    cache = FeatureCache(tmp_path, backbone)
-    get = lambda c, ds: c.get(ds, dm.loader, torch.device("cpu"), name="id", quiet=True)  # noqa: E731
+    cache = FeatureInput(backbone, str(tmp_path))
+    get = lambda c, ds: cached_features(c, ds, dm.loader, torch.device("cpu"), name="id", quiet=True)  # noqa: E731
 
     first = get(cache, dm.test_sets["id"])
     again = get(cache, dm.test_sets["id"])
     assert len(calls) == 1, "the second request must read the cache, not run the backbone"
-    torch.testing.assert_close(first.features, again.features)
-    assert first.features.shape == (10, backbone.feature_dim)
+    torch.testing.assert_close(first["features"], again["features"])
+    assert first["features"].shape == (10, backbone.feature_dim)
 
     bigger = OODDataModule("digits", image_size=48, batch_size=16, eval_subset=10)
     bigger.setup("test")
     get(cache, bigger.test_sets["id"])
     assert len(calls) == 2, "a new resolution must invalidate the cache"
 
-    other_norm = FeatureCache(tmp_path, MultiLayerFeatures("tf_efficientnet_lite0", weights=None, mean=(0.4,) * 3))
+    other_norm = FeatureInput(MultiLayerFeatures("tf_efficientnet_lite0", weights=None, mean=(0.4,) * 3), str(tmp_path))
+    assert other_norm.key != cache.key, "another extractor's features go under another batch key"
     get(other_norm, dm.test_sets["id"])
     assert len(calls) == 3, "a new normalisation must invalidate the cache"
     assert len(list(Path(tmp_path).glob("*.pt"))) == 3
@@ -90,7 +93,7 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_the_step(tmp_path):
     model = tiny_detector(tmp_path)
-    batch = {"feature": torch.full((4, model.backbone.feature_dim), float("nan")), "index": torch.arange(4)}
+    batch = {model.features.key: torch.full((4, model.backbone.feature_dim), float("nan")), "index": torch.arange(4)}
     model.log = lambda *a, **k: None
     with pytest.raises(FloatingPointError, match="global step"):
         model.training_step(batch, 0)
@@ -127,7 +130,7 @@ def test_evaluate_py_reproduces_from_checkpoint_and_cache(demo_run, tmp_path):
     evaluate.main([
         "--config", str(run / "config.yaml"),
         "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-        "--model.init_args.results_dir", str(tmp_path),
+        "--results_dir", str(tmp_path),
     ])
     assert sorted((root / "cache").glob("*.pt")) == cached, "evaluation must reuse the cached features"
     for name, arrays in scores_of(run).items():
@@ -141,7 +144,7 @@ def test_official_layout_export_round_trip(demo_run, tmp_path):
     evaluate.main([
         "--config", str(run / "config.yaml"),
         "--model.init_args.official_checkpoints", f"[{first}, {last}]",
-        "--model.init_args.results_dir", str(tmp_path / "official"),
+        "--results_dir", str(tmp_path / "official"),
     ])
     ours, official = scores_of(run), scores_of(tmp_path / "official")
     for name in ours:
@@ -156,8 +159,9 @@ def test_unreadable_images_are_counted_in_the_results(tmp_path):
     write_corrupt_files(ood)  # a truncated JPEG, a zero-byte file and a text file named .jpg
     dm = OODDataModule("folders", image_size=32, batch_size=4, id_train=str(id_train), id_test=str(id_test),
                        ood={"noise": str(ood)})
-    model = tiny_detector(tmp_path, results_dir=str(tmp_path / "results"))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    model = tiny_detector(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        callbacks=[Evaluation(tmp_path / "results")])
     trainer.test(model, datamodule=dm, verbose=False)
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["n_skipped"] == {"id": 0, "noise": 3}

@@ -82,14 +82,14 @@ def detector(**kwargs) -> LFDNDetector:
 
 def batch_of(model: LFDNDetector, n: int = 5) -> dict:
     g = torch.Generator().manual_seed(7)
-    return {"feature": torch.randn(n, model.backbone.feature_dim, generator=g) * 2 + 0.5,
+    return {model.features.key: torch.randn(n, model.backbone.feature_dim, generator=g) * 2 + 0.5,
             "index": torch.arange(n) + 11}
 
 
 def by_hand(model: LFDNDetector, batch: dict, net, stream: str, skip_first: bool = True) -> dict:
     """MSE and MFsim of one network, noise drawn per sample from (seed, stream, index): 1 + 3 draws per sample."""
     sizes = model.group_sizes
-    z = group_zscore_by_hand(batch["feature"], sizes)
+    z = group_zscore_by_hand(batch[model.features.key], sizes)
     noise = sample_noise((4, z.shape[1]), batch["index"], seed=SEED, stream=stream)
     z_hat = reference_reconstruction(net, z, noise)
     return {"mse": mse_by_hand(z, z_hat), "mfsim": mfsim_by_hand(z, z_hat, sizes, skip_first)}

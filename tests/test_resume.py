@@ -45,7 +45,7 @@ class SigkillAtStep(L.Callback):
 
 
 def lfdn(root: Path) -> dict:
-    return tiny_lfdn(root / "cache", results_dir=root)
+    return tiny_lfdn(root / "cache")
 
 
 def diffusion(root: Path) -> dict:
@@ -64,6 +64,7 @@ def train(root: Path, model: str, *extra: str, callbacks: list | None = None) ->
                     "enable_progress_bar": False, "enable_model_summary": False, "callbacks": callbacks or [],
                     "limit_val_batches": 1},
         "model": make_model(root),
+        "results_dir": str(root),
         "data": {"benchmark": "digits", "image_size": image_size, "batch_size": 16, "train_subset": 64,
                  "eval_subset": 8, "num_workers": 0},
     }

@@ -21,13 +21,13 @@ from script_runs import tiny_lfdn
 
 
 def write_config(root: Path, **model) -> Path:
-    lfdn = tiny_lfdn(root / "cache", results_dir=root / "results")
+    lfdn = tiny_lfdn(root / "cache")
     lfdn["init_args"]["backbone"]["init_args"]["weights"] = "package"
     lfdn["init_args"].update(model)
     config = {"seed_everything": 0,
               "trainer": {"max_epochs": 1, "accelerator": "cpu", "default_root_dir": str(root),
                           "enable_progress_bar": False, "enable_model_summary": False},
-              "model": lfdn, "plots": False,
+              "model": lfdn, "plots": False, "results_dir": str(root / "results"),
               "data": {"benchmark": "digits", "image_size": 32, "batch_size": 16, "train_subset": 16,
                        "eval_subset": 4}}
     path = root / "config.yaml"
@@ -50,7 +50,7 @@ def last(root: Path) -> Path:
 def score_again(root: Path, out: Path, *overrides: str, ckpt: Path | None = None) -> Path:
     """evaluate.py on the run's config and its last.ckpt (or `ckpt`); returns the results folder."""
     evaluate.main(["--config", str(root / "config.yaml"), "--ckpt_path", str(ckpt or last(root)),
-                   "--model.init_args.results_dir", str(out), *overrides])
+                   "--results_dir", str(out), *overrides])
     return out
 
 
@@ -93,7 +93,7 @@ def test_the_denoisers_still_load_strictly(root, tmp_path):
     checkpoint = load_checkpoint(last(root))
     del checkpoint["state_dict"]["ema.proj_out.weight"]
     torch.save(checkpoint, tmp_path / "broken.ckpt")
-    cli = make_cli(["--config", str(root / "config.yaml"), "--model.init_args.results_dir", str(tmp_path)], "test")
+    cli = make_cli(["--config", str(root / "config.yaml"), "--results_dir", str(tmp_path)], "test")
     with pytest.raises(RuntimeError, match='Missing key.*"ema.proj_out.weight"'):  # Lightning's own load
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tmp_path / "broken.ckpt", verbose=False)
 

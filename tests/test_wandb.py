@@ -11,12 +11,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from torchvision.utils import make_grid
 
 from ood_lightning import wandb_logging
 from ood_lightning.backbones import MultiLayerFeatures
 from ood_lightning.data import OODDataModule
 from ood_lightning.detectors.lfdn import LFDNDetector
+from ood_lightning.evaluation import Evaluation
 
 
 @pytest.fixture
@@ -35,12 +38,12 @@ def wandb_env(tmp_path, monkeypatch):
 
 
 class ImageLoggingLFDN(LFDNDetector):
-    """Uses the OODDetector.log_images hook, as DiffGuard will for its input/synthesis pairs."""
+    """Uses the OODDetector.show hook, as DiffGuard does for its input / inversion / synthesis rows."""
 
     def test_step(self, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and dataloader_idx == 0:
-            self.log_images("test/images/features_as_pictures", batch["feature"][:4, :48].reshape(4, 3, 4, 4),
-                            caption="first ID batch")
+            pictures = batch[self.features.key][:4, :48].reshape(4, 3, 4, 4).sigmoid()
+            self.show("features_as_pictures", make_grid(pictures), caption="first ID batch")
         return super().test_step(batch, batch_idx, dataloader_idx)
 
 
@@ -106,7 +109,8 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
     csv_logger = CSVLogger(tmp / "runs")
     wandb_logger = WandbLogger(save_dir=str(tmp), offline=True, project="ood_lightning")
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=[csv_logger, wandb_logger], log_every_n_steps=1,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp))
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp),
+                        callbacks=[Evaluation()])
     try:
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
@@ -154,10 +158,11 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
         assert hist["_type"] == "histogram" and sum(hist["values"]) == len(scores) == 21
         assert (hist["bins"][0], hist["bins"][-1]) == pytest.approx((scores.min(), scores.max()), rel=1e-6)
 
-    assert history["test/images/features_as_pictures"]["_type"] == "images/separated"  # the image-grid hook
+    assert history["grids/features_as_pictures"]["_type"] == "images/separated"  # the show hook
+    assert (run_dir / "grids" / "features_as_pictures.png").is_file()
     media = [p.relative_to(runs[0]).as_posix() for p in runs[0].rglob("*") if p.is_file()]
     assert sum("media/images/test/plots" in p for p in media) == 12  # hist + roc for the 6 LFDN score types
-    assert any("media/images/test/images/features_as_pictures" in p for p in media), media
+    assert any("media/images/grids/features_as_pictures" in p for p in media), media
     assert (run_dir / "plots" / "roc_mse.png").is_file()
     header, *csv_rows = (run_dir / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
@@ -166,23 +171,33 @@ def test_offline_run_files_hold_training_curves_results_and_media(wandb_env):
         assert any(v and math.isfinite(float(v)) for v in values), key
 
 
+def _trainer_config(*loggers: str, **init_args) -> Namespace:
+    """A parsed trainer section with these logger classes (as LightningCLI hands it over before building them)."""
+    configs = [Namespace(class_path=f"lightning.pytorch.loggers.{name}", init_args=Namespace(**init_args))
+               for name in loggers]
+    return Namespace(logger=configs if len(configs) != 1 else configs[0], default_root_dir="runs")
+
+
 def test_no_credentials_switch_to_offline(wandb_env, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
-    logger = WandbLogger(save_dir=str(wandb_env), project="p")
+    logger = _trainer_config("CSVLogger", "WandbLogger", project="p")
     assert not wandb_logging.wandb_credentials_found()
+    assert wandb_logging.wandb_offline_without_credentials(_trainer_config("WandbLogger", offline=True)) is False
+    assert "WANDB_MODE" not in os.environ  # an offline logger needs no switch
     with pytest.warns(UserWarning, match="logged offline"):
-        assert wandb_logging.wandb_offline_without_credentials([logger]) is True
+        assert wandb_logging.wandb_offline_without_credentials(logger) is True
     assert os.environ["WANDB_MODE"] == "offline"
 
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key: leave the mode to W&B
-    assert wandb_logging.wandb_offline_without_credentials([logger]) is False
+    assert wandb_logging.wandb_offline_without_credentials(logger) is False
     assert "WANDB_MODE" not in os.environ
     monkeypatch.delenv("WANDB_API_KEY")
+    assert wandb_logging.wandb_offline_without_credentials(_trainer_config("CSVLogger")) is False  # no W&B logger
+    assert "WANDB_MODE" not in os.environ
     (wandb_env / "no_netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "y" * 40 + "\n")
     os.chmod(wandb_env / "no_netrc", 0o600)
     assert wandb_logging.wandb_credentials_found()
-    assert wandb_logging.wandb_offline_without_credentials([CSVLogger(wandb_env)]) is False  # no W&B logger: nothing
 
 
 def test_wandb_failures_become_warnings(wandb_env, monkeypatch):

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .feature_cache import BatchInputs, CachedFeatures, cached_features
 from .presets import build_benchmark, default_transform
 from .sources import subset
 
@@ -51,9 +52,10 @@ def collate(items: list[dict | None]) -> dict:
 class OODDataModule(L.LightningDataModule):
     """In-distribution train/test splits and named OOD test sets of one benchmark preset.
 
-    Samples are dicts {"image": [3,H,W] in [0,1], "label", "index"}; the models normalise. After `setup`,
-    `train_set` and `test_sets` may be replaced (e.g. by cached-feature datasets with the same item contract):
-    loaders are built from them when requested. Evaluation loaders never shuffle or drop samples.
+    Samples are dicts {"image": [3,H,W] in [0,1], "label", "index"}; the models normalise. A model that reads
+    frozen-backbone features declares them in its `inputs` (a `BatchInputs`, see feature_cache.py): `setup` then
+    serves the train split (fit) or the test sets (test) with the cached features under their keys, and with the
+    images only when the model reads images too (`served`). Evaluation loaders never shuffle or drop samples.
 
     Args:
         benchmark: Benchmark preset: digits, cifar10_jpeg, mnist_0_4, lfdn_cifar10, lfdn_cifar100, lfdn_celeba,
@@ -121,9 +123,40 @@ class OODDataModule(L.LightningDataModule):
             self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the benchmark once; later calls keep the datasets (and any replacement made since)."""
-        if self._built:
-            return
+        """Build the benchmark once; then serve the stage's datasets with the attached model's inputs."""
+        if not self._built:
+            self._build_sets()
+        if stage == "fit" and self.train_set is not None:
+            self.train_set = self.served(self.train_set, "train")
+            if not len(self.train_set):
+                raise RuntimeError(f"train: no image could be read ({len(getattr(self.train_set, 'skipped', ()))} "
+                                   "unreadable); the "
+                                   "model learns from the in-distribution train images")
+        if stage == "test":
+            self.test_sets = {name: self.served(dataset, name) for name, dataset in self.test_sets.items()}
+
+    def model_inputs(self) -> BatchInputs:
+        """What the trainer's model reads from a batch (its `inputs`); images alone without a trainer or model."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(model, "inputs", BatchInputs())
+
+    def served(self, dataset: Dataset, name: str) -> Dataset:
+        """`dataset` as the model reads it: unchanged for a model of images; else its items carry the cached
+        features of every `FeatureInput` (computed on the first process of each node, the others wait), and the
+        images only when the model reads images too. A dataset served before is returned as it is."""
+        inputs = self.model_inputs()
+        if not inputs.features or isinstance(dataset, CachedFeatures):
+            return dataset
+        trainer = self.trainer
+        features = {
+            feature.key: cached_features(feature, dataset, self.loader, trainer.strategy.root_device, name=name,
+                                         builder=trainer.local_rank == 0, barrier=trainer.strategy.barrier,
+                                         quiet=not trainer.is_global_zero)
+            for feature in inputs.features
+        }
+        return CachedFeatures(features, name=name, images=dataset if inputs.images else None)
+
+    def _build_sets(self) -> None:
         benchmark = self._build()
         if "id" in benchmark.ood:
             raise ValueError("'id' names the in-distribution test set; rename the OOD set called 'id'")

@@ -115,7 +115,6 @@ class ClassifierBaselines(OODDetector):
         vim_dim: Dimension D of ViM's principal space, below the feature dimension; default min(F // 2, 256)
             (OpenOOD: 256 of ResNet-18's 512-d and of ResNet-50's 2048-d features).
         seed: Seed of the KNN train sample.
-        results_dir: Where results files go; default: the trainer's log directory.
     """
 
     extra_names = ("prediction",)  # the classifier's argmax, saved per sample in scores/<set>.npz
@@ -134,9 +133,8 @@ class ClassifierBaselines(OODDetector):
         knn_train_fraction: float = 1.0,
         vim_dim: int | None = None,
         seed: int = 0,
-        results_dir: str | None = None,
     ):
-        super().__init__(results_dir=results_dir)
+        super().__init__()
         self.save_hyperparameters()
         unknown = [s for s in scores if s not in SCORES]
         if unknown or not scores or len(set(scores)) != len(scores):
@@ -170,7 +168,8 @@ class ClassifierBaselines(OODDetector):
             raise RuntimeError(f"scores {[s for s in self.score_names if s in FITTED]} are fitted on the ID train "
                                f"split, but benchmark {dm.benchmark_name!r} has none here (train=False, or folders "
                                "without id_train); drop knn/vim from model.init_args.scores")
-        self.fit(dm.train_set, dm.loader, self.trainer.strategy.root_device, progress=self.trainer.is_global_zero)
+        self.fit(dm.served(dm.train_set, "train"), dm.loader, self.trainer.strategy.root_device,
+                 progress=self.trainer.is_global_zero)
 
     def fit(self, train_set: Dataset, make_loader: Callable[[Dataset], DataLoader],
             device: torch.device | str = "cpu", progress: bool = True) -> None:

@@ -3,7 +3,7 @@ expensive refiner (DiffGuard) decides the hard cases in between.
 
 The paper gives the rule only in words ("the combined method only trusts samples with high detection confidence by
 the baselines, while resorting to DiffGuard for hard cases", Tables 1-2's "+MLS", "+KNN", "+ViM" rows) and the
-released code has no fusion (../shared/specs/diffguard-reference.md section 5). Confidence is measured against the
+released code has no fusion (docs/diffguard.md (Fusion with a baseline)). Confidence is measured against the
 in-distribution *validation* distribution of the baseline score alone, so the rule never sees a test set:
 
     tier 0  b <= low   confidently ID,   ordered by b
@@ -15,7 +15,6 @@ with low / high the q_low / q_high quantiles of b on ID validation images. The f
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -25,8 +24,8 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ood_lightning.data.feature_cache import BatchInputs
 from ood_lightning.detectors.base import OODDetector
-from ood_lightning.io import atomic_write_text
 
 __all__ = ["CascadeFusion", "cascade", "squash", "tiers"]
 
@@ -81,15 +80,16 @@ class CascadeFusion(OODDetector):
 
     At `setup("test")` a seeded sample of `validation_size` images of the datamodule's ID train split serves as ID
     validation set (the ID test set is never used): only the baseline scores it, and low / high are the
-    `quantiles` of its score there. A baseline that needs fitting (ClassifierBaselines with knn / vim) is fitted on
-    the rest of the train split, so the validation images are not its own neighbours; other children get their
-    `setup` as usual. Every process computes the thresholds; rank 0's are broadcast, so they agree exactly.
-    The thresholds are printed, kept as `low` / `high`, logged as fusion/low and fusion/high, and stored under
-    "fusion" in results.json with the tier counts per test set.
+    `quantiles` of its score there. A child that needs fitting (`needs_fit`, e.g. ClassifierBaselines with knn /
+    vim) is fitted through `fit`: the baseline on the rest of the train split, so the validation images are not its
+    own neighbours, the refiner on all of it. Every process computes the thresholds; rank 0's are broadcast, so
+    they agree exactly. The thresholds are printed, kept as `low` / `high`, logged as fusion/low and fusion/high,
+    and handed to the evaluation (`results_extra`) with the tier counts per test set, as "fusion" in results.json.
 
-    The children are nested LightningModules: Lightning attaches the trainer to them and moves them with this
-    module; `setup` and `on_test_start` are forwarded (DiffGuard's inference-mode check and grid folder), their own
-    score collectors are dropped (scores are collected once, here) and they write into this detector's folder.
+    The fusion reads what its children read (`inputs`: images and/or cached features, served by the DataModule),
+    so any detector can be baseline or refiner, LFDN included. The children are nested LightningModules: Lightning
+    attaches the trainer to them and moves them with this module; `setup` and `on_test_start` are forwarded
+    (e.g. DiffGuard's inference-mode check); pictures they `show` reach the evaluation like the fusion's own.
 
     Args:
         baseline: The detector trusted where it is confident, e.g. ClassifierBaselines.
@@ -100,7 +100,6 @@ class CascadeFusion(OODDetector):
             confidently ID, at or above q_high confidently OOD.
         validation_size: ID validation images drawn from the ID train split (all of it when smaller).
         seed: Seed of that draw.
-        results_dir: Where results files go (the children's too); default: the trainer's log directory.
     """
 
     def __init__(
@@ -112,17 +111,13 @@ class CascadeFusion(OODDetector):
         quantiles: tuple[float, float] = (0.05, 0.95),
         validation_size: int = 1000,
         seed: int = 0,
-        results_dir: str | None = None,
     ):
-        super().__init__(results_dir=results_dir)
+        super().__init__()
         self.save_hyperparameters(ignore=["baseline", "refiner"])
         for role, child, name in (("baseline", baseline, baseline_score), ("refiner", refiner, refiner_score)):
             if name not in child.score_names:
                 raise ValueError(f"{role}_score {name!r} is not a score of the {role} {type(child).__name__}, "
                                  f"whose scores are {list(child.score_names)}")
-            if child.results_dir is not None:
-                raise ValueError(f"the {role}'s results_dir is unused inside CascadeFusion (its files go to the "
-                                 "fusion's folder): set CascadeFusion's results_dir instead")
         if baseline is refiner:
             raise ValueError("baseline and refiner must be two detectors; for two scores of one, build it twice")
         if baseline_score == refiner_score:
@@ -145,6 +140,10 @@ class CascadeFusion(OODDetector):
         self.high: float | None = None
         self.validation_count = 0  # ID validation scores behind the thresholds
 
+    @property
+    def inputs(self) -> BatchInputs:
+        return self.baseline.inputs | self.refiner.inputs
+
     # -- thresholds from ID validation images ------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage != "test":
@@ -154,17 +153,20 @@ class CascadeFusion(OODDetector):
             raise RuntimeError(f"CascadeFusion draws its ID validation images from the ID train split, but "
                                f"benchmark {dm.benchmark_name!r} has none here (data.train false, or folders "
                                "without id_train)")
-        validation, rest = _split(len(dm.train_set), self.hparams.validation_size, self.hparams.seed)
+        train_set = dm.served(dm.train_set, "train")  # with the features the children read
+        validation, rest = _split(len(train_set), self.hparams.validation_size, self.hparams.seed)
         device, progress = self.trainer.strategy.root_device, self.trainer.is_global_zero
-        if getattr(self.baseline, "needs_fit", False):
+        if self.baseline.needs_fit:
             if not rest:
-                raise ValueError(f"validation_size {self.hparams.validation_size} takes all {len(dm.train_set)} "
+                raise ValueError(f"validation_size {self.hparams.validation_size} takes all {len(train_set)} "
                                  "train images: none are left to fit the baseline on; lower it")
-            self.baseline.fit(Subset(dm.train_set, rest), dm.loader, device, progress=progress)
+            self.baseline.fit(Subset(train_set, rest), dm.loader, device, progress=progress)
+        if self.refiner.needs_fit:
+            self.refiner.fit(train_set, dm.loader, device, progress=progress)
         self.baseline.setup(stage)
         self.refiner.setup(stage)
         with self.trainer.precision_plugin.test_step_context():
-            self.calibrate(Subset(dm.train_set, validation), dm.loader, device)
+            self.calibrate(Subset(train_set, validation), dm.loader, device)
         self.low, self.high = self.trainer.strategy.broadcast((self.low, self.high), src=0)
         if progress:
             q_low, q_high = self.hparams.quantiles
@@ -200,12 +202,8 @@ class CascadeFusion(OODDetector):
 
     # -- scoring -----------------------------------------------------------------------------------------
     def on_test_start(self) -> None:
-        out = str(self.output_dir())
-        for child in (self.baseline, self.refiner):
-            child.results_dir = out
-            child.on_test_start()
-            child.collectors = torch.nn.ModuleDict()
-        super().on_test_start()
+        self.baseline.on_test_start()
+        self.refiner.on_test_start()
 
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         if self.low is None or self.high is None:
@@ -224,24 +222,21 @@ class CascadeFusion(OODDetector):
             **{new: refined[old] for old, new in self._refiner_extras.items()},
         }
 
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        counts = {}
-        for name, collector in self.collectors.items():
-            tier = torch.as_tensor(collector.compute()["extras"]["tier"]).long()
-            counts[name] = dict(zip(TIER_NAMES, torch.bincount(tier, minlength=3).tolist()))
+    def results_extra(self, per_set: dict[str, dict]) -> dict:
+        """results.json's "fusion": the rule, the thresholds, their validation count and the tiers per test set."""
+        counts = {name: dict(zip(TIER_NAMES, torch.bincount(torch.as_tensor(s["extras"]["tier"]).long(),
+                                                            minlength=3).tolist()))
+                  for name, s in per_set.items()}
         hp = self.hparams
-        self.results["fusion"] = {
+        return {"fusion": {
             "baseline_score": hp.baseline_score, "refiner_score": hp.refiner_score, "fused_score": self.fused_name,
             "quantiles": list(hp.quantiles), "low": self.low, "high": self.high,
             "validation_images": self.validation_count, "tiers": counts,
-        }
+        }}
+
+    def on_test_epoch_end(self) -> None:
         for key in ("low", "high"):
             self.log(f"fusion/{key}", float(getattr(self, key)), sync_dist=True, reduce_fx="max")
-        out = self.output_dir()
-        if self.trainer.is_global_zero:
-            atomic_write_text(out / "results.json", json.dumps(self.results, indent=2) + "\n")
-            print(f"CascadeFusion tiers (confident ID / band / confident OOD) per test set: {counts}")
 
 
 def _split(n: int, size: int, seed: int) -> tuple[list[int], list[int]]:

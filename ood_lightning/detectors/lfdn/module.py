@@ -1,7 +1,7 @@
 """LFDN as a LightningModule: train the feature denoiser, then score MSE, MFsim and LR in one pass.
 
-The image -> feature step runs once through the feature cache (see feature_cache.py): at `setup` the
-datamodule's image datasets are swapped for cached feature datasets, so every epoch reads vectors, not images.
+The detector reads frozen-backbone features, not images (`inputs`): the DataModule serves them from its feature
+cache (data/feature_cache.py), so the image -> feature step runs once and every epoch reads vectors.
 Three copies of the denoiser live in the module: the trained weights, their EMA (used for scoring, as the
 reference does), and the EMA frozen after the first epoch (the reference's checkpoint-0, needed by the LR
 score). One checkpoint therefore carries everything evaluation needs, except a pretrained backbone, which the config
@@ -18,10 +18,10 @@ from jsonargparse import lazy_instance
 from torch import Tensor
 
 from ood_lightning.backbones import MultiLayerFeatures, group_zscore
+from ood_lightning.data.feature_cache import BatchInputs, FeatureInput
 from ood_lightning.detectors.base import OODDetector
 from ood_lightning.detectors.lfdn.checkpoint import load_official_checkpoint
 from ood_lightning.detectors.lfdn.diffusion import LFDNSchedule, reconstruct, reconstruct_noise_count
-from ood_lightning.detectors.lfdn.feature_cache import FeatureCache
 from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
@@ -62,14 +62,13 @@ class LFDNDetector(OODDetector):
         mfsim_skip_first_group: the reference leaves the first layer out of MFsim; False includes it.
         seed: seed of the per-sample training and reconstruction noise (neither depends on batch size or GPU
             count).
-        cache_dir: where backbone features are cached.
+        cache_dir: where the DataModule caches the backbone's features.
         official_checkpoints: score the released code's checkpoints instead of trained weights: the paths of
             its checkpoint-0.pth (first epoch, for LR) and checkpoint-last.pth.
         allow_untrained: score weights that were never trained (tests, debugging); otherwise testing without a
             trained checkpoint or official_checkpoints is refused, since its scores would be meaningless.
         allow_preprocessing_mismatch: load a checkpoint whose weights were trained on other features (image size,
             normalisation, backbone, taps, weights file) than this config gives; otherwise that is refused.
-        results_dir: where results files go; default: the trainer's log directory.
     """
 
     score_names = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
@@ -97,9 +96,8 @@ class LFDNDetector(OODDetector):
         official_checkpoints: list[str] | None = None,
         allow_untrained: bool = False,
         allow_preprocessing_mismatch: bool = False,
-        results_dir: str | None = None,
     ):
-        super().__init__(results_dir=results_dir)
+        super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         if reconstruction not in ("reference", "consistent"):
             raise ValueError(f"reconstruction must be 'reference' or 'consistent', got {reconstruction!r}")
@@ -110,39 +108,26 @@ class LFDNDetector(OODDetector):
         self.ema = _frozen_copy(self.net)
         self.ema_first = _frozen_copy(self.net)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        # The EMA update count when ema_first was frozen: the released checkpoint-0.pth records it (see export.py).
+        self.register_buffer("ema_first_updates", torch.zeros((), dtype=torch.long))
         self.schedule = LFDNSchedule(num_timesteps, beta_start, beta_end)
-        self.cache = FeatureCache(cache_dir, backbone)
+        self.features = FeatureInput(backbone, cache_dir)
         if official_checkpoints is not None:
             self._load_official(*official_checkpoints)
 
     def _load_official(self, first: str, last: str) -> None:
         """The released code's checkpoint-0 (EMA -> ema_first) and checkpoint-last (raw -> net, EMA -> ema)."""
-        for target, path, ema in ((self.ema_first, first, True), (self.net, last, False), (self.ema, last, True)):
+        for target, path, ema, count in ((self.ema_first, first, True, self.ema_first_updates),
+                                         (self.net, last, False, None), (self.ema, last, True, self.ema_updates)):
             loaded, info = load_official_checkpoint(path, ema=ema)
             target.load_state_dict(loaded.state_dict())
-        self.ema_updates.fill_(info["ema_num_updates"] or 0)
+            if count is not None:
+                count.fill_(info["ema_num_updates"] or 0)
 
-    # -- data: images -> cached features ---------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        trainer = self.trainer
-        device = trainer.strategy.root_device
-        common = dict(
-            make_loader=dm.loader,
-            device=device,
-            builder=trainer.local_rank == 0,
-            barrier=trainer.strategy.barrier,
-            quiet=not trainer.is_global_zero,
-        )
-        if stage == "fit":
-            dm.train_set = self.cache.get(dm.train_set, name="train", **common)
-            if not len(dm.train_set):
-                raise RuntimeError(f"train: no image could be read ({len(dm.train_set.skipped)} unreadable); LFDN "
-                                   "learns from the in-distribution train images")
-        if stage == "test":
-            dm.test_sets = {
-                name: self.cache.get(ds, name=name, **common) for name, ds in dm.test_sets.items()
-            }
+    # -- data: cached backbone features, not images ------------------------------------------------------
+    @property
+    def inputs(self) -> BatchInputs:
+        return BatchInputs(images=False, features=(self.features,))
 
     def on_test_start(self) -> None:
         # Here, after Lightning restored any --ckpt_path: only then is it known which weights get scored.
@@ -156,9 +141,6 @@ class LFDNDetector(OODDetector):
                 "  --model.init_args.official_checkpoints '[checkpoint-0.pth, checkpoint-last.pth]'   (the released "
                 "code's files)\n"
                 "or set --model.init_args.allow_untrained true to score untrained weights on purpose.")
-        super().on_test_start()
-        for name, ds in self.trainer.datamodule.test_sets.items():
-            self.record_skipped(name, ds.skipped)
 
     def configure_callbacks(self):
         # last.ckpt for resuming; it also carries the first-epoch EMA that the LR score needs.
@@ -179,7 +161,8 @@ class LFDNDetector(OODDetector):
                                         if not key.startswith("backbone.")}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse weights trained on other features; then fill in the backbone, so every other key loads strictly."""
+        """Refuse weights trained on other features; then fill in the backbone (and the first epoch's EMA count of
+        older checkpoints), so every other key loads strictly."""
         where = f"checkpoint {self._trainer.ckpt_path}" if self._trainer else "the checkpoint"
         trained = checkpoint.get(PREPROCESSING)
         if trained is None:
@@ -199,6 +182,8 @@ class LFDNDetector(OODDetector):
                             "\n".join(wrong))
         for key, value in self.backbone.state_dict(prefix="backbone.").items():
             checkpoint["state_dict"].setdefault(key, value)
+        # Written before the first epoch's EMA count was kept: no score reads it (export.py refuses such a file).
+        checkpoint["state_dict"].setdefault("ema_first_updates", torch.zeros((), dtype=torch.long))
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -207,7 +192,7 @@ class LFDNDetector(OODDetector):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         # The reference updates the EMA inside forward, before this step's optimizer update.
         decay = self._update_ema()
-        z = group_zscore(batch["feature"], self.group_sizes)
+        z = group_zscore(batch[self.features.key], self.group_sizes)
         t, noise = self.training_noise(batch["index"], z)
         loss = self.schedule.training_loss(self.net, z, t, noise)
         if not torch.isfinite(loss):
@@ -237,6 +222,7 @@ class LFDNDetector(OODDetector):
     def on_train_epoch_end(self) -> None:
         if self.current_epoch == 0:
             self.ema_first.load_state_dict(self.ema.state_dict())
+            self.ema_first_updates.copy_(self.ema_updates)
 
     # -- scoring ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -254,7 +240,7 @@ class LFDNDetector(OODDetector):
         )
 
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
-        z = group_zscore(batch["feature"], self.group_sizes)
+        z = group_zscore(batch[self.features.key], self.group_sizes)
         out = {}
         for tag, net in (("", self.ema), ("_epoch0", self.ema_first)):
             z_hat = self.reconstruct(net, z, batch["index"], stream=f"{dataset}/lfdn{tag or '_last'}")
