@@ -2,11 +2,9 @@
 toward (oracle mode), the autograd check and the image grids. `gdm.py` and `ldm.py` add the diffusion part."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from ood_lightning.classifiers import build_classifier
 from ood_lightning.detectors.base import OODDetector
@@ -42,15 +40,12 @@ class DiffGuardDetector(OODDetector):
                              "lpips_weights": lpips_weights}
         self.distances = torch.nn.ModuleDict(
             {name: build_distance(name, classifier=self.classifier, **self.weight_files) for name in similarities})
-        self._grid_dir: Path | None = None
         self._grids_done: set[str] = set()
 
     def on_test_start(self) -> None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("DiffGuard needs autograd at test time (Clean Grad, Grad-CAM): set "
                                "trainer.inference_mode: false in the config (the configs in configs/diffguard/ do)")
-        super().on_test_start()
-        self._grid_dir = self.output_dir() / "grids" if self.hparams.grid_images > 0 else None
         self._grids_done = set()
 
     def target_labels(self, batch: dict, prediction: Tensor, dataset: str) -> Tensor:
@@ -70,14 +65,12 @@ class DiffGuardDetector(OODDetector):
             return {name: distance(reference, synthesis).float() for name, distance in self.distances.items()}
 
     def save_grid(self, dataset: str, rows: dict[str, Tensor]) -> None:
-        """The first `grid_images` images of each set seen by rank 0, one row per entry of `rows` ([N, 3, H, W] in
-        [0, 1]), to grids/<set>.png and the image loggers."""
-        if self._grid_dir is None or dataset in self._grids_done or not self.trainer.is_global_zero:
+        """Show the first `grid_images` images of each set a process sees, one row per entry of `rows`
+        ([N, 3, H, W] in [0, 1]): the evaluation writes rank 0's to grids/<set>.png and the image loggers."""
+        if self.hparams.grid_images <= 0 or dataset in self._grids_done:
             return
         n = min(self.hparams.grid_images, *(len(images) for images in rows.values()))
         grid = make_grid(torch.cat([images[:n] for images in rows.values()]).detach().float().cpu(), nrow=n,
                          padding=1)
-        self._grid_dir.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self._grid_dir / f"{dataset}.png")
         self._grids_done.add(dataset)
-        self.log_images(f"diffguard/{dataset}", grid[None], caption=f"rows: {', '.join(rows)}", nrow=1)
+        self.show(dataset, grid, caption=f"rows: {', '.join(rows)}")
