@@ -1,10 +1,12 @@
 """What the DiffGuard end-to-end tests share: a tiny random pixel UNet saved as a diffusers folder, and the
-evaluate.py arguments that score a detector on the 16 px digits benchmark (0-4 in distribution, 5-9 OOD)."""
+evaluate.py arguments that score a detector on the 16 px digits benchmark (0-4 in distribution, 5-9 OOD) or on
+folders without labels."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from data_helpers import make_flat
 from diffusers import UNet2DModel
 
 
@@ -27,6 +29,15 @@ def evaluate_args(detector: str, init: dict, out: Path, batch_size: int, eval_su
     for key, value in init.items():
         args += [f"--model.init_args.{key}", "null" if value is None else str(value)]
     return args
+
+
+def unlabelled_folders(root: Path) -> list[str]:
+    """evaluate.py's data arguments for a folders benchmark whose in-distribution folder holds its images directly,
+    without class subfolders, so they have no label (NO_LABEL); two OOD images beside it."""
+    make_flat(root / "id", n=3)
+    make_flat(root / "other", n=2)
+    return ["--data.benchmark", "folders", "--data.root", str(root), "--data.id_test", "id",
+            "--data.ood", "{other: other}"]
 
 
 def run_evaluate(args: list[str]) -> None:

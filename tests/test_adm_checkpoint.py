@@ -9,12 +9,13 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from ood_lightning.detectors.diffguard.adm_checkpoint import (
+from ood_lightning.detectors.diffguard.gdm.adm_checkpoint import (
     adm_unet_config,
     convert_adm_state_dict,
     load_adm_unet,
     main,
 )
+from ood_lightning.errors import StateDictMismatchError
 
 TOL = 1e-4
 HEADS = 16  # num_head_channels of the fixture (adm_uncond.json)
@@ -93,11 +94,12 @@ def test_damaged_state_dict_is_refused_naming_the_keys(fixture, tmp_path):
     damaged["input_blocks.4.0.out_layers.3.weight"] = torch.zeros(64, 64, 1, 1)
     damaged["input_blocks.4.0.extra.weight"] = torch.zeros(1)
     torch.save(damaged, tmp_path / "damaged.pt")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(StateDictMismatchError) as err:  # a ValueError the entry points print without a traceback
         load_adm_unet(tmp_path / "damaged.pt", num_head_channels=HEADS)
-    for expected in ("damaged.pt", "missing: middle_block.1.proj_out.bias",
-                     "input_blocks.4.0.out_layers.3.weight (64, 64, 1, 1) (expected (64, 64, 3, 3))",
-                     "unexpected: input_blocks.4.0.extra.weight"):
+    for expected in ("damaged.pt", "missing middle_block.1.proj_out.bias",
+                     "wrong shape for input_blocks.4.0.out_layers.3.weight: expected (64, 64, 3, 3), "
+                     "got (64, 64, 1, 1)",
+                     "unexpected input_blocks.4.0.extra.weight"):
         assert expected in str(err.value)
 
 

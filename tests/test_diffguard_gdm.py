@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffguard_helpers import evaluate_args, run_evaluate, save_tiny_unet
+from diffguard_helpers import evaluate_args, run_evaluate, save_tiny_unet, unlabelled_folders
 from ood_lightning.cli import make_cli
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.similarity import dists_similarity_unclamped
@@ -26,8 +26,9 @@ def _args(unet_dir, out, batch_size, **model):
     init = {"diffusion_model": str(unet_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
             "num_classes": 10, "num_steps": 10, "max_inversion_steps": 8, "stop_psnr": 14.0,
             "stop_dists_similarity": None, "cutouts": 2, "cutout_size": 12,
-            "similarities": ["l2", "psnr", "logits_l1"], "grid_images": 4, "results_dir": str(out), **model}
-    return evaluate_args("ood_lightning.detectors.diffguard.gdm.DiffGuardGDM", init, out, batch_size, N)
+            "similarities": ["l2", "psnr", "logits_l1"], "grid_images": 4, **model}
+    return evaluate_args("ood_lightning.detectors.diffguard.gdm.DiffGuardGDM", init, out, batch_size, N) + [
+        "--results_dir", str(out)]
 
 
 def _scores(out, name):
@@ -127,6 +128,14 @@ def test_oracle_guides_id_to_the_true_label_and_ood_to_a_seeded_random_label(une
     np.testing.assert_array_equal(ood["extra_target"], expected)
 
 
+def test_oracle_refuses_an_in_distribution_set_without_labels(unet_dir, tmp_path):
+    """Oracle mode guides in-distribution images toward their true label; without labels it would guide none of
+    them and inflate the AUROC, so it stops and says what to change."""
+    args = _args(unet_dir, tmp_path / "out", 4, oracle=True) + unlabelled_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)images without one .*one subfolder per class.*oracle false"):
+        run_evaluate(args)
+
+
 def test_inference_mode_is_refused_with_the_fix(unet_dir, tmp_path):
     args = _args(unet_dir, tmp_path, 4)
     args[args.index("--trainer.inference_mode") + 1] = "true"
@@ -186,7 +195,7 @@ def _on_export(folder, **model):
 def test_the_null_class_comes_from_the_export(three_class_export):
     gdm = _on_export(three_class_export)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    t = torch.full((2,), gdm.schedule.timesteps[3])
+    t = torch.full((2,), gdm.inversion_table.timesteps[3])
     expected = gdm.unet(x, t, class_labels=torch.full((2,), 3)).sample
     torch.testing.assert_close(gdm.eps(x, 3, torch.arange(2)), expected, rtol=0, atol=0)
 

@@ -8,25 +8,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DiTTransformer2DModel, UNet2DConditionModel, VQModel
+from diffusers import (AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel,
+                       VQModel)
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from diffguard_helpers import evaluate_args, run_evaluate
+from diffguard_helpers import evaluate_args, run_evaluate, unlabelled_folders
 from torch import nn
 
 from ood_lightning.classifiers import build_classifier
-from ood_lightning.detectors.diffguard import ldm
-from ood_lightning.detectors.diffguard.cam import GradCAMMask, binarize, cam_target_layer, minmax_per_image
-from ood_lightning.detectors.diffguard.latent_models import CompVisLDM, DiTModel, load_latent_model
-from ood_lightning.detectors.diffguard.ldm import (
-    DiffGuardLDM,
-    ddim_schedulers,
-    invert,
-    masked_guidance,
-    resynthesize,
-    step_alpha_bars,
-)
-from ood_lightning.detectors.diffguard.ldm_checkpoint import LatentDiffusionParts, save_ldm_parts
+from ood_lightning.ddim import (DDIMTable, alphas_cumprod_float32, ddim_invert, ddim_sample, leading_tables,
+                                masked_guidance)
+from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM, LatentDiffusionParts, compvis_tables, save_ldm_parts
+from ood_lightning.detectors.diffguard.ldm.cam import GradCAMMask, binarize, cam_target_layer, minmax_per_image
+from ood_lightning.detectors.diffguard.ldm.latent_models import CompVisLDM, DiTModel, load_latent_model
 from ood_lightning.noise import sample_seed
 
 N = 6  # images per test set
@@ -39,41 +33,57 @@ def compvis_alpha_bar() -> np.ndarray:
     return np.cumprod(1 - np.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000) ** 2)
 
 
-def test_diffusers_ddim_tables_are_compvis_ones_for_the_released_settings():
-    inverse, sampler = ddim_schedulers()  # ldm-exp2.25: 25 steps, scaled_linear, offset 1, alpha_to_one False
+def row(table: DDIMTable, t: int) -> tuple[float, float]:
+    """(the level epsilon is read at, the level moved to) of the table's step at timestep t."""
+    i = table.timesteps.index(t)
+    return float(table.alpha_bar[i]), float(table.alpha_bar_to[i])
+
+
+def test_ddim_tables_are_compvis_ones_for_the_released_settings():
+    inversion, sampling = compvis_tables()  # ldm-exp2.25: 25 steps, scaled_linear, offset 1, alpha_to_one False
     a = compvis_alpha_bar()
-    assert inverse.timesteps.tolist() == [1 + 40 * k for k in range(25)] == list(range(1, 962, 40))
-    assert sampler.timesteps.tolist() == list(range(961, 0, -40))
+    assert inversion.timesteps == sampling.timesteps == tuple(1 + 40 * k for k in range(25)) == tuple(range(1, 962, 40))
     # inversion: the step at t moves from alpha-bar[t - 40] (alpha-bar[0] = 0.9985 before the first) to alpha-bar[t]
-    np.testing.assert_allclose(step_alpha_bars(inverse, 1), (0.9985, a[1]), rtol=1e-5)
-    np.testing.assert_allclose(step_alpha_bars(inverse, 41), (a[1], a[41]), rtol=1e-5)
-    np.testing.assert_allclose(step_alpha_bars(inverse, 961), (a[921], a[961]), rtol=1e-5)
+    np.testing.assert_allclose(row(inversion, 1), (0.9985, a[1]), rtol=1e-5)
+    np.testing.assert_allclose(row(inversion, 41), (a[1], a[41]), rtol=1e-5)
+    np.testing.assert_allclose(row(inversion, 961), (a[921], a[961]), rtol=1e-5)
     # sampling walks the same pairs back and ends at alpha-bar[0], not 1
-    np.testing.assert_allclose(step_alpha_bars(sampler, 961), (a[961], a[921]), rtol=1e-5)
-    np.testing.assert_allclose(step_alpha_bars(sampler, 1), (a[1], 0.9985), rtol=1e-5)
+    np.testing.assert_allclose(row(sampling, 961), (a[961], a[921]), rtol=1e-5)
+    np.testing.assert_allclose(row(sampling, 1), (a[1], 0.9985), rtol=1e-5)
     assert a[961] == pytest.approx(2.948e-4, rel=1e-3)
-
-
-def test_changed_diffusers_tables_are_refused_with_the_version(monkeypatch):
-    class AlphaOneInverse(DDIMInverseScheduler):  # what set_alpha_to_one=True (the default) would do
-        def __init__(self, **config):
-            super().__init__(**config)
-            self.initial_alpha_cumprod = torch.tensor(1.0)
-
-    monkeypatch.setattr(ldm, "DDIMInverseScheduler", AlphaOneInverse)
-    with pytest.raises(RuntimeError, match=r"diffusers \d+\.\d+.*DDIMInverseScheduler alpha-bar pairs"):
-        ddim_schedulers()
-
-    class RolledInverse(DDIMInverseScheduler):  # timesteps [0, 40, ..., 960]
-        def set_timesteps(self, num_inference_steps, device=None):
-            super().set_timesteps(num_inference_steps, device)
-            self.timesteps = self.timesteps - 1
-
-    monkeypatch.setattr(ldm, "DDIMInverseScheduler", RolledInverse)
-    with pytest.raises(RuntimeError, match="DDIMInverseScheduler timesteps"):
-        ddim_schedulers()
+    assert row(compvis_tables(set_alpha_to_one=True)[1], 1)[1] == 1.0
     with pytest.raises(ValueError, match="must divide"):
-        ddim_schedulers(30)
+        compvis_tables(30)
+
+
+@pytest.mark.parametrize("settings, clip", [
+    (dict(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195, steps_offset=1, set_alpha_to_one=False),
+     False),  # CompVis' sampler, as DiffGuardLDM runs it
+    (dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, steps_offset=0, set_alpha_to_one=True), True),
+])  # diffusers' defaults with clipping, as the training grids sample
+@pytest.mark.parametrize("steps", [8, 25])
+def test_table_steps_are_diffusers_ddim_steps_bit_for_bit(settings, clip, steps):
+    """The LDM scores and training grids were computed with diffusers' DDIM(Inverse)Scheduler; the tables and
+    their step reproduce those numbers exactly, not merely to rounding."""
+    config = dict(num_train_timesteps=1000, prediction_type="epsilon", timestep_spacing="leading", **settings)
+    inverse, sampler = DDIMInverseScheduler(**config, clip_sample=False), DDIMScheduler(**config, clip_sample=clip)
+    inverse.set_timesteps(steps)
+    sampler.set_timesteps(steps)
+    alpha_bar = alphas_cumprod_float32(settings["beta_schedule"], settings["beta_start"], settings["beta_end"], 1000)
+    first = 1.0 if settings["set_alpha_to_one"] else alpha_bar[0]
+    inversion, sampling = leading_tables(alpha_bar, steps, settings["steps_offset"], first)
+    assert list(inversion.timesteps) == inverse.timesteps.tolist() == sampler.timesteps.tolist()[::-1]
+    g = torch.Generator().manual_seed(0)
+    theirs = ours = torch.randn(2, 3, 8, 8, generator=g)
+    for i, t in enumerate(inversion.timesteps):
+        eps = torch.randn(2, 3, 8, 8, generator=g)
+        theirs, ours = inverse.step(eps, t, theirs).prev_sample, inversion.step(i, ours, eps)
+        assert torch.equal(theirs, ours), t
+    for i in reversed(range(len(sampling))):
+        eps = 3 * torch.randn(2, 3, 8, 8, generator=g)  # large enough that clipping x0 matters
+        theirs = sampler.step(eps, sampling.timesteps[i], theirs).prev_sample
+        ours = sampling.step(i, ours, eps, clip)
+        assert torch.equal(theirs, ours), sampling.timesteps[i]
 
 
 # ------------------------------------------------------------------------ inversion and re-synthesis
@@ -100,13 +110,13 @@ def test_inversion_follows_the_exact_flow_and_unconditional_reconstruction_retur
     nowhere = torch.zeros(6, 1, 8, 8, dtype=torch.bool)  # an empty mask: unconditional everywhere
     bounds = {25: (0.08, 0.15), 100: (0.025, 0.035)}  # measured: (0.062, 0.120) and (0.018, 0.029)
     for steps, (latent_bound, reconstruction_bound) in bounds.items():
-        inverse, sampler = ddim_schedulers(steps)
-        alpha_bar = inverse.alphas_cumprod.double()
+        inversion, sampling = compvis_tables(steps)
+        alpha_bar = alphas_cumprod_float32("scaled_linear", 0.0015, 0.0195, 1000).double()
         seen = []
         eps = gaussian_eps(mu, s, alpha_bar, seen)
-        latent = invert(eps, z, inverse, NULL)
+        latent = ddim_invert(eps, z, inversion, torch.full((6,), NULL))
         assert seen == [[NULL] * 6] * steps  # the null class throughout
-        a0, a1 = float(alpha_bar[0]), float(alpha_bar[inverse.timesteps[-1]])
+        a0, a1 = float(alpha_bar[0]), float(alpha_bar[inversion.timesteps[-1]])
 
         def sigma(a):
             return math.sqrt(a * s * s + 1 - a)
@@ -114,7 +124,7 @@ def test_inversion_follows_the_exact_flow_and_unconditional_reconstruction_retur
         latent_error = (latent - exact).abs().mean((1, 2, 3)) / exact.abs().mean((1, 2, 3))
         assert (latent_error < latent_bound).all(), latent_error
         assert ((latent - z).abs().mean((1, 2, 3)) > spread).all()  # the latent is far from the input
-        rec = resynthesize(eps, latent, sampler, torch.arange(6), NULL, 10.0, nowhere)
+        rec = ddim_sample(eps, latent, sampling, torch.arange(6), NULL, 10.0, nowhere)
         assert seen[steps:] == [[NULL] * 6 + list(range(6))] * steps  # one call: [unconditional, conditional]
         reconstruction_error = (rec - z).abs().mean((1, 2, 3)) / spread
         assert (reconstruction_error < reconstruction_bound).all(), reconstruction_error
@@ -124,7 +134,7 @@ def test_inversion_follows_the_exact_flow_and_unconditional_reconstruction_retur
 def test_the_mask_gates_guidance_pointwise():
     """With a model that acts on each latent cell alone, cells inside the mask follow the guided trajectory and
     cells outside exactly the unconditional one."""
-    inverse, sampler = ddim_schedulers(10)
+    _, sampling = compvis_tables(10)
 
     def eps(z, t, labels):  # conditional and unconditional predictions differ by a label-dependent shift
         return 0.3 * z + 0.05 * labels.view(-1, 1, 1, 1).float() + t / 1000
@@ -133,9 +143,9 @@ def test_the_mask_gates_guidance_pointwise():
     latent = torch.randn(3, 3, 8, 8, generator=g)
     labels = torch.tensor([0, 4, 7])
     mask = torch.rand(3, 1, 8, 8, generator=g) > 0.5
-    masked = resynthesize(eps, latent, sampler, labels, NULL, 10.0, mask)
-    guided = resynthesize(eps, latent, sampler, labels, NULL, 10.0, None)
-    unconditional = resynthesize(eps, latent, sampler, torch.full_like(labels, NULL), NULL, 10.0, None)
+    masked = ddim_sample(eps, latent, sampling, labels, NULL, 10.0, mask)
+    guided = ddim_sample(eps, latent, sampling, labels, NULL, 10.0, None)
+    unconditional = ddim_sample(eps, latent, sampling, torch.full_like(labels, NULL), NULL, 10.0, None)
     inside = mask.expand_as(latent)
     assert torch.equal(masked[inside], guided[inside])
     assert torch.equal(masked[~inside], unconditional[~inside])
@@ -176,15 +186,20 @@ def dit_dir(tmp_path_factory):
 
 def test_each_step_uses_the_guided_eps_inside_the_mask_on_a_tiny_ldm(tiny_ldm_parts, monkeypatch):
     model = CompVisLDM(tiny_ldm_parts)
-    inverse, sampler = ddim_schedulers(2)
+    _, sampling = compvis_tables(2)
     g = torch.Generator().manual_seed(1)
     latent, labels = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 8])
     mask = torch.rand(2, 1, 8, 8, generator=g) > 0.5
     used = []
-    step = sampler.step
-    monkeypatch.setattr(sampler, "step", lambda eps, t, z: (used.append((t, eps, z)), step(eps, t, z))[1])
+    step = DDIMTable.step
+
+    def recording_step(table, i, z, eps, clip=False):
+        used.append((table.timesteps[i], eps, z))
+        return step(table, i, z, eps, clip)
+
+    monkeypatch.setattr(DDIMTable, "step", recording_step)
     with torch.no_grad():
-        resynthesize(model.eps, latent, sampler, labels, NULL, 10.0, mask)
+        ddim_sample(model.eps, latent, sampling, labels, NULL, 10.0, mask)
         for t, eps, z in used:
             eps_u, eps_c = model.eps(z, t, torch.full_like(labels, NULL)), model.eps(z, t, labels)
             inside = mask.expand_as(z)
@@ -305,8 +320,9 @@ def test_grad_cam_mask_is_the_label_logits_cam_min_maxed_and_nearest_resized():
 def _args(model_dir, out, batch_size, **model):
     init = {"diffusion_model": str(model_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
             "num_classes": 10, "image_size": 16, "num_steps": 10, "similarities": ["l2", "psnr", "logits_l1"],
-            "grid_images": 4, "results_dir": str(out), **model}
-    return evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, out, batch_size, N)
+            "grid_images": 4, **model}
+    return evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, out, batch_size, N) + [
+        "--results_dir", str(out)]
 
 
 def _scores(out):
@@ -354,6 +370,14 @@ def test_oracle_without_cam_guides_id_to_the_true_label_and_ood_to_a_seeded_rand
     assert (ood["extra_cam_area"] == 1).all()  # guidance everywhere
 
 
+def test_oracle_refuses_an_in_distribution_set_without_labels(ldm_dir, tmp_path):
+    """Without labels the oracle has no true label to guide in-distribution images toward (the class embedding
+    would be indexed with NO_LABEL): it stops and says what to change."""
+    args = _args(ldm_dir, tmp_path / "out", 4, oracle=True, use_cam=False) + unlabelled_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)images without one .*one subfolder per class.*oracle false"):
+        run_evaluate(args)
+
+
 def test_the_unguided_twin_is_the_plain_unconditional_resynthesis(dit_dir):
     """reference: unguided compares the guided synthesis with the plain unconditional DDIM re-synthesis from the same
     latent (the reference's uncond_aux): a twin guided toward the target like the synthesis would score 0."""
@@ -369,13 +393,15 @@ def test_the_unguided_twin_is_the_plain_unconditional_resynthesis(dit_dir):
     images = batch["image"]
     with torch.no_grad():
         target = detector.classifier(images).argmax(-1)
-        latents = invert(model.eps, model.encode(images * 2 - 1), detector.inverse, null)
+        latents = ddim_invert(model.eps, model.encode(images * 2 - 1), detector.inversion_table,
+                              torch.full_like(target, null))
     mask = detector.cam_mask(images, target, tuple(latents.shape[-2:]))
     with torch.no_grad():
-        synthesis = resynthesize(model.eps, latents, detector.sampler, target, null, 10.0, mask)
+        table = detector.resynthesis_table
+        synthesis = ddim_sample(model.eps, latents, table, target, null, 10.0, mask)
         twin = latents
-        for t in detector.sampler.timesteps.tolist():  # plain DDIM with the null class: no guidance at all
-            twin = detector.sampler.step(model.eps(twin, t, torch.full_like(target, null)), t, twin).prev_sample
+        for i in reversed(range(len(table))):  # plain DDIM with the null class: no guidance at all
+            twin = table.step(i, twin, model.eps(twin, table.timesteps[i], torch.full_like(target, null)))
         expected = ((model.decode(synthesis) + 1) / 2 - (model.decode(twin) + 1) / 2).flatten(1).norm(dim=1)
     assert mask.any() and (expected > 1e-3).all()  # the guidance moved every synthesis away from its twin
     torch.testing.assert_close(scores["l2"], expected, rtol=1e-4, atol=1e-5)

@@ -8,37 +8,41 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from ood_lightning.detectors.diffguard.ddim import RespacedSchedule
-from ood_lightning.detectors.diffguard.guidance import CleanGradGuidance, Cutouts
-from ood_lightning.detectors.diffguard.inversion import invert
-from ood_lightning.detectors.diffguard.resynthesis import resynthesize
+from ood_lightning.detectors.diffguard.gdm.guidance import CleanGradGuidance, Cutouts
+from ood_lightning.detectors.diffguard.gdm.inversion import invert
+from ood_lightning.detectors.diffguard.gdm.respacing import respaced_tables
+from ood_lightning.detectors.diffguard.gdm.resynthesis import resynthesize
 
-SCHEDULE = RespacedSchedule(100)
+INVERSION, RESYNTHESIS = respaced_tables(100)
 
 
-def gaussian_eps(mu: torch.Tensor, s: float, schedule: RespacedSchedule = SCHEDULE):
+def gaussian_eps(mu: torch.Tensor, s: float):
     """The exact epsilon-predictor for data ~ N(mu, s^2 I): E[eps | x_t] at every noise level."""
     def eps(x, k, rows):
-        a = schedule.alpha_bar(k)
+        a = float(INVERSION.alpha_bar[k])
         return math.sqrt(1 - a) * (x - math.sqrt(a) * mu) / (a * s * s + 1 - a)
     return eps
 
 
 def test_ddim100_tables_match_guided_diffusion_and_diffusers():
-    assert SCHEDULE.timesteps == list(range(0, 1000, 10))
+    for table in (INVERSION, RESYNTHESIS):
+        assert table.timesteps == tuple(range(0, 1000, 10))
+        assert table.alpha_bar.dtype == torch.float64
     full = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    assert SCHEDULE.alpha_bar(0) == pytest.approx(0.9999)
-    assert SCHEDULE.alpha_bar(37) == pytest.approx(full[370], rel=1e-12)
-    assert SCHEDULE.alpha_bar(-1) == 1.0 and SCHEDULE.alpha_bar(100) == 0.0
+    assert float(INVERSION.alpha_bar[0]) == pytest.approx(0.9999)
+    assert float(INVERSION.alpha_bar[37]) == pytest.approx(full[370], rel=1e-12)
+    assert float(INVERSION.alpha_bar_to[36]) == float(INVERSION.alpha_bar[37])  # up one level
+    assert float(RESYNTHESIS.alpha_bar_to[38]) == float(RESYNTHESIS.alpha_bar[37])  # down one level
+    assert float(RESYNTHESIS.alpha_bar_to[0]) == 1.0 and float(INVERSION.alpha_bar_to[99]) == 0.0
     ddim = DDIMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000,
                          set_alpha_to_one=True, steps_offset=0)
     ddim.set_timesteps(100)
-    assert ddim.timesteps.tolist() == SCHEDULE.timesteps[::-1]
+    assert ddim.timesteps.tolist() == list(INVERSION.timesteps[::-1])
     theirs = ddim.alphas_cumprod[ddim.timesteps.flip(0)].double().numpy()
-    np.testing.assert_allclose(SCHEDULE.alphas_cumprod, theirs, rtol=1e-5)
-    assert RespacedSchedule(250).stride == 4
+    np.testing.assert_allclose(INVERSION.alpha_bar.numpy(), theirs, rtol=1e-5)
+    assert respaced_tables(250)[0].timesteps[1] == 4
     with pytest.raises(ValueError, match="evenly strided"):
-        RespacedSchedule(999)
+        respaced_tables(999)
 
 
 @pytest.mark.parametrize("s, mu_scale, clip", [(0.5, 0.0, False), (0.25, 0.4, True)])
@@ -49,10 +53,10 @@ def test_inversion_then_unguided_reconstruction_returns_the_input(s, mu_scale, c
     if clip:
         x = x.clamp(-1, 1)
     eps = gaussian_eps(mu, s)
-    latent, stop = invert(eps, x, SCHEDULE, 90, clip=clip)
+    latent, stop = invert(eps, x, INVERSION, 90, clip=clip)
     assert stop.tolist() == [89] * 6
     for offset in (0, 1):  # 1: the released start, one step above the latent's level
-        rec = resynthesize(eps, latent, stop + 1 + offset, SCHEDULE, clip=clip)
+        rec = resynthesize(eps, latent, stop + 1 + offset, RESYNTHESIS, clip=clip)
         err = (rec - x).abs().mean((1, 2, 3))
         spread = (x - mu).abs().mean((1, 2, 3))
         assert (err < 0.15 * spread).all(), (err, spread)
@@ -70,7 +74,7 @@ def test_early_stop_freezes_each_sample_at_its_first_crossing():
         return 10 * torch.log10(1 / (((a - b) / 2) ** 2).flatten(1).mean(1))
 
     trajectory = []  # latents of every sample after each step, with no stop (the rule is not asked after the last)
-    final, _ = invert(eps, x, SCHEDULE, 90, stop_fn=lambda lat, inp, rows: (trajectory.append(lat.clone()),
+    final, _ = invert(eps, x, INVERSION, 90, stop_fn=lambda lat, inp, rows: (trajectory.append(lat.clone()),
                                                                           torch.zeros(len(lat), dtype=torch.bool))[1])
     trajectory.append(final)
     values = torch.stack([psnr(lat, x) for lat in trajectory])  # [steps, B]
@@ -85,7 +89,7 @@ def test_early_stop_freezes_each_sample_at_its_first_crossing():
         seen_rows.append(rows.tolist())
         return eps(x_rows, k, rows)
 
-    latent, stop = invert(counting_eps, x, SCHEDULE, 90, stop_fn=lambda lat, inp, rows: psnr(lat, inp) < threshold)
+    latent, stop = invert(counting_eps, x, INVERSION, 90, stop_fn=lambda lat, inp, rows: psnr(lat, inp) < threshold)
     assert stop.tolist() == expected
     for b, i in enumerate(expected):
         torch.testing.assert_close(latent[b], trajectory[i][b])
@@ -105,14 +109,14 @@ def test_masked_resynthesis_equals_one_sample_at_a_time():
         calls.append((k, rows.tolist()))
         return eps(x_rows, k, rows)
 
-    batched = resynthesize(counting_eps, latent, start, SCHEDULE)
+    batched = resynthesize(counting_eps, latent, start, RESYNTHESIS)
     for k, rows in calls:
         assert rows == [b for b in range(4) if start[b] >= k]
     for b in range(4):
-        alone = resynthesize(eps, latent[b:b + 1], start[b:b + 1], SCHEDULE)
+        alone = resynthesize(eps, latent[b:b + 1], start[b:b + 1], RESYNTHESIS)
         torch.testing.assert_close(batched[b:b + 1], alone)
     with pytest.raises(ValueError, match="start indices"):
-        resynthesize(eps, latent, torch.tensor([0, 1, 2, 100]), SCHEDULE)
+        resynthesize(eps, latent, torch.tensor([0, 1, 2, 100]), RESYNTHESIS)
 
 
 def test_cutouts_are_reproducible_nearest_resized_and_vary_by_step():
@@ -155,10 +159,10 @@ def test_clean_grad_is_the_classifier_gradient_at_the_blend_and_skips_the_unet()
     x_t = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         eps = unet(x_t)
-    a = SCHEDULE.alpha_bar(40)
+    a = float(INVERSION.alpha_bar[40])
     x0_raw = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
-    labels = torch.tensor([0, 1, -1])
-    g = CleanGradGuidance(classifier, scale=3.0)(x_t, x0_raw, a, labels, torch.zeros(3, dtype=torch.long))
+    labels, guided = torch.tensor([0, 1, 1]), torch.tensor([True, True, False])
+    g = CleanGradGuidance(classifier, scale=3.0)(x_t, x0_raw, a, labels, torch.zeros(3, dtype=torch.long), guided)
     fac = math.sqrt(1 - a)
     blend = (fac * x0_raw + (1 - fac) * x_t).requires_grad_()
     log_p = torch.log_softmax(classifier((blend + 1) / 2), -1)
@@ -167,7 +171,8 @@ def test_clean_grad_is_the_classifier_gradient_at_the_blend_and_skips_the_unet()
     assert (g[2] == 0).all()  # unguided row
     assert all(p.grad is None for p in unet.parameters())
     assert classifier.w.grad is None
-    at_xt = CleanGradGuidance(classifier, scale=3.0, use_x0=False)(x_t, x0_raw, a, labels, torch.zeros(3).long())
+    at_xt = CleanGradGuidance(classifier, scale=3.0, use_x0=False)(x_t, x0_raw, a, labels, torch.zeros(3).long(),
+                                                                  guided)
     assert not torch.allclose(at_xt[:2], g[:2])
 
 
@@ -176,17 +181,17 @@ def test_guidance_pulls_the_synthesis_toward_the_target_label():
     mu = torch.zeros(1, 3, 8, 8)
     eps = gaussian_eps(mu, 0.3)
     x = (0.3 * torch.randn(4, 3, 8, 8, generator=g)).clamp(-1, 1)
-    latent, stop = invert(eps, x, SCHEDULE, 40)
+    latent, stop = invert(eps, x, INVERSION, 40)
     start = stop + 2
     classifier = MeanBrightness()
     guidance = CleanGradGuidance(classifier, scale=3.0, cutouts=Cutouts(count=4, cut_size=6, seed=100))
 
     def synth(label):
         labels = torch.full((4,), label)
-        return resynthesize(eps, latent, start, SCHEDULE,
+        return resynthesize(eps, latent, start, RESYNTHESIS,
                             guide=lambda x_t, x0, a, rows, steps: guidance(x_t, x0, a, labels[rows], steps))
 
-    plain = resynthesize(eps, latent, start, SCHEDULE)
+    plain = resynthesize(eps, latent, start, RESYNTHESIS)
     with torch.no_grad():
         p_plain = torch.softmax(classifier((plain + 1) / 2), -1)
         for label in (0, 1):

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from ood_lightning.detectors.diffguard.ldm_checkpoint import (
+from ood_lightning.detectors.diffguard.ldm.compvis_checkpoint import (
     CLASS_EMBEDDING_KEY,
     convert_ldm_state_dict,
     load_ldm_checkpoint,
     load_ldm_parts,
     main,
 )
+from ood_lightning.errors import StateDictMismatchError
 
 TOL = 1e-4
 
@@ -166,7 +167,8 @@ def test_command_round_trip(ckpt_path, parts, io, tmp_path, capsys):
 def test_help_shows_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "  python -m ood_lightning.detectors.diffguard.ldm_checkpoint checkpoints/" in capsys.readouterr().out
+    example = "  python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint checkpoints/"
+    assert example in capsys.readouterr().out
 
 
 def test_ignores_schedule_ema_and_loss_keys(state, io):
@@ -187,7 +189,7 @@ def test_refuses_wrong_shape_missing_and_unexpected_keys(state):
     unexpected = "model.diffusion_model.input_blocks.3.1.transformer_blocks.1.norm1.weight"
     bad[unexpected] = torch.zeros(64)
     bad["first_stage_model.quantize.used"] = torch.zeros(64)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(StateDictMismatchError) as info:  # a ValueError the entry points print without a traceback
         convert_ldm_state_dict(bad)
     message = str(info.value)
     assert f"wrong shape for {wrong}: expected (64, 96, 1, 1), got (64, 95, 1, 1)" in message

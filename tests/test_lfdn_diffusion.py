@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ood_lightning.detectors.lfdn.diffusion import LFDNSchedule, reconstruct, reconstruct_noise_count
+from ood_lightning.detectors.lfdn.diffusion import LFDNSchedule, ddim_sigma, reconstruct, reconstruct_noise_count
 from ood_lightning.detectors.lfdn.network import LFDN
 
-# Values printed in lfdn-reference.md §3.1 and §4 (not computed by our code).
+# Values printed in the LFDN reference's schedule and sampler description (docs/lfdn.md (Schedule and
+# reconstruction); not computed by our code).
 SPEC_ALPHAS_CUMPROD = {0: 0.9985, 1: 0.996922, 2: 0.995265, 3: 0.993527, 49: 0.80713, 99: 0.41175}
 SPEC_SIGMA = {3: 0.03287, 2: 0.02775, 1: 0.0}
 
@@ -34,18 +35,29 @@ def test_schedule_tables_match_spec(schedule):
         assert schedule.alphas_cumprod[t].item() == pytest.approx(value, rel=2e-5), t
 
 
+def row(table, t):
+    """(a, a') of the table's row at timestep t."""
+    i = table.timesteps.index(t)
+    return float(table.alpha_bar[i]), float(table.alpha_bar_to[i])
+
+
 def test_reference_sigmas_match_spec(schedule):
+    table = schedule.ddim_table(3, "reference")
     for s, value in SPEC_SIGMA.items():
-        assert schedule.ddim_sigma(s, eta=1.0, variant="reference") == pytest.approx(value, abs=1e-5), s
-    assert schedule.ddim_sigma(3, eta=0.0) == 0.0
+        assert ddim_sigma(*row(table, s), eta=1.0) == pytest.approx(value, abs=1e-5), s
+    assert ddim_sigma(*row(table, 3), eta=0.0) == 0.0
 
 
 def test_reference_tables_are_shifted_by_one(schedule):
     ab = schedule.alphas_cumprod.double()
-    assert schedule.ddim_alphas(3) == pytest.approx((ab[2].item(), ab[1].item()), rel=1e-6)
-    assert schedule.ddim_alphas(1) == pytest.approx((ab[0].item(), ab[0].item()), rel=1e-6)
-    assert schedule.ddim_alphas(3, "consistent") == pytest.approx((ab[3].item(), ab[2].item()), rel=1e-6)
-    assert schedule.ddim_alphas(0, "consistent") == pytest.approx((ab[0].item(), 1.0), rel=1e-6)
+    reference, consistent = schedule.ddim_table(3, "reference"), schedule.ddim_table(3, "consistent")
+    assert reference.timesteps == (1, 2, 3) and consistent.timesteps == (0, 1, 2, 3)
+    assert row(reference, 3) == pytest.approx((ab[2].item(), ab[1].item()), rel=1e-6)
+    assert row(reference, 1) == pytest.approx((ab[0].item(), ab[0].item()), rel=1e-6)
+    assert row(consistent, 3) == pytest.approx((ab[3].item(), ab[2].item()), rel=1e-6)
+    assert row(consistent, 0) == pytest.approx((ab[0].item(), 1.0), rel=1e-6)
+    with pytest.raises(ValueError, match="variant"):
+        schedule.ddim_table(3, "ddpm")
 
 
 def test_add_noise_and_training_loss(schedule):
@@ -64,8 +76,8 @@ def test_add_noise_and_training_loss(schedule):
 def test_reference_last_step_returns_x_unchanged(schedule):
     torch.manual_seed(0)
     x, x0_hat, xi = torch.randn(3, 10), torch.randn(3, 10), torch.randn(3, 10)
-    torch.testing.assert_close(schedule.step(x0_hat, 1, x, eta=1.0, noise=xi, variant="reference"), x,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(schedule.step(x0_hat, x, schedule.ddim_table(3, "reference"), 0, eta=1.0, noise=xi),
+                               x, atol=1e-6, rtol=0)
 
 
 def test_noise_count_and_shape_check(schedule):
@@ -77,7 +89,8 @@ def test_noise_count_and_shape_check(schedule):
 
 
 def hand_reference(model, z, noise, start=3, eta=1.0):
-    """lfdn-reference.md §4, written out from the text with an independently computed float64 schedule."""
+    """docs/lfdn.md (Schedule and reconstruction), written out from the text with an independently computed float64
+    schedule."""
     betas = torch.linspace(math.sqrt(0.0015), math.sqrt(0.0195), 100, dtype=torch.float64) ** 2
     ab = torch.cumprod(1 - betas, 0).tolist()
     x = math.sqrt(ab[start]) * z + math.sqrt(1 - ab[start]) * noise[:, 0]

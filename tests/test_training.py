@@ -20,14 +20,15 @@ from torch.utils.data import DataLoader
 import train
 from ood_lightning.classifiers import build_classifier
 from ood_lightning.data.datamodule import OODDataModule
-from ood_lightning.detectors.diffguard.cam import GradCAMMask
-from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
-from ood_lightning.detectors.diffguard.latent_models import PixelDiffusion, load_latent_model
-from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM, ddim_schedulers, invert, resynthesize
-from ood_lightning.detectors.diffguard.models import load_pixel_unet
+from ood_lightning.ddim import ddim_invert, ddim_sample
+from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM, load_pixel_unet
+from ood_lightning.detectors.diffguard.ldm import DiffGuardLDM, compvis_tables, load_latent_model
+from ood_lightning.detectors.diffguard.ldm.cam import GradCAMMask
+from ood_lightning.detectors.diffguard.ldm.latent_models import PixelDiffusion
+from ood_lightning.diffusion_export import EXPORT_INFO
 from ood_lightning.io import load_checkpoint
 from ood_lightning.training.classifier import ClassifierTraining
-from ood_lightning.training.diffusion import EXPORT_INFO, ClassConditionalDiffusion
+from ood_lightning.training.diffusion import ClassConditionalDiffusion
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIGITS = {"benchmark": "digits", "image_size": 16, "batch_size": 16, "num_workers": 0}
@@ -123,9 +124,9 @@ def test_the_export_is_the_pixel_back_end_of_the_classifier_free_path(diffusion_
     classifier_file = tmp_path / "classifier.pt"
     torch.save(build_classifier("cifar_resnet20", None, num_classes=5).net.state_dict(), classifier_file)
     init = {**common, "classifier_weights": str(classifier_file), "beta_schedule": "linear", "beta_start": 1e-4,
-            "beta_end": 0.02, "num_steps": 10, "similarities": ["logits_l1"], "grid_images": 4,
-            "results_dir": str(tmp_path)}
-    run_evaluate(evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, tmp_path, 4, 6))
+            "beta_end": 0.02, "num_steps": 10, "similarities": ["logits_l1"], "grid_images": 4}
+    run_evaluate(evaluate_args("ood_lightning.detectors.diffguard.ldm.DiffGuardLDM", init, tmp_path, 4, 6)
+                 + ["--results_dir", str(tmp_path)])
     for name in ("id", "digits_5_9"):
         with np.load(tmp_path / "scores" / f"{name}.npz") as scores:
             assert len(scores["index"]) == 6 and np.isfinite(scores["score_logits_l1"]).all()
@@ -139,13 +140,13 @@ def test_the_export_is_the_pixel_back_end_of_the_classifier_free_path(diffusion_
     dm.setup("test")
     images = torch.stack([dm.test_sets["id"][i]["image"] for i in range(6)]).float()
     classifier = build_classifier("cifar_resnet20", str(classifier_file))
-    inverse, sampler = ddim_schedulers(10, "linear", 1e-4, 0.02)
+    inversion, resynthesis = compvis_tables(10, "linear", 1e-4, 0.02)
     with torch.no_grad():
         target = classifier(images).argmax(-1)
-        latents = invert(model.eps, images * 2 - 1, inverse, 5)
+        latents = ddim_invert(model.eps, images * 2 - 1, inversion, torch.full_like(target, 5))
     mask = GradCAMMask(classifier, 0.3)(images, target, (16, 16))
     with torch.no_grad():
-        synthesis = (resynthesize(model.eps, latents, sampler, target, 5, 10.0, mask).clamp(-1, 1) + 1) / 2
+        synthesis = (ddim_sample(model.eps, latents, resynthesis, target, 5, 10.0, mask).clamp(-1, 1) + 1) / 2
         expected = (classifier(synthesis) - classifier(images)).abs().sum(1)
     with np.load(tmp_path / "scores" / "id.npz") as scores:
         np.testing.assert_array_equal(scores["index"], np.arange(6))

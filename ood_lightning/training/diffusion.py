@@ -18,17 +18,18 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 from torchvision.utils import save_image
 
+from ood_lightning.data.sources import NO_LABEL
+from ood_lightning.ddim import alphas_cumprod_float32, ddim_sample, leading_tables
+from ood_lightning.diffusion_export import EXPORT_INFO
 from ood_lightning.ema import ema_update
 from ood_lightning.noise import sample_integers, sample_noise
 from ood_lightning.io import atomic_write, atomic_write_text
 from ood_lightning.resume import resumable_checkpoints
 from ood_lightning.wandb_logging import log_image_grid
-
-EXPORT_INFO = "diffguard.json"
 
 
 class ClassConditionalDiffusion(L.LightningModule):
@@ -36,7 +37,7 @@ class ClassConditionalDiffusion(L.LightningModule):
 
     Args:
         num_classes: In-distribution classes (labels 0 .. num_classes - 1); the null class is `num_classes`, so the
-            UNet has num_classes + 1 class embeddings. Unlabelled images (label -1) train the null class.
+            UNet has num_classes + 1 class embeddings. Unlabelled images (NO_LABEL) train the null class.
         sample_size: Image side the UNet works at; `data.image_size` must be the same.
         block_out_channels: Channels of each UNet level; the resolution halves between levels.
         layers_per_block: ResNet blocks per level.
@@ -114,7 +115,7 @@ class ClassConditionalDiffusion(L.LightningModule):
         schedule = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
                         beta_end=beta_end)
         self.noise_scheduler = DDPMScheduler(**schedule)
-        self.sampler = DDIMScheduler(**schedule, clip_sample=True)
+        self.alphas_cumprod = alphas_cumprod_float32(beta_schedule, beta_start, beta_end, num_train_timesteps)
         self.classes: list[str] = []  # the training set's class names, for the export; read at fit start
         self._run_dir: Path | None = None
 
@@ -126,10 +127,10 @@ class ClassConditionalDiffusion(L.LightningModule):
     def drop_labels(self, labels: Tensor, generator: torch.Generator | None = None,
                     p: float | None = None) -> Tensor:
         """Labels with each one replaced by the null class with probability p (default `label_dropout`); unknown
-        labels (-1) always become the null class."""
+        labels (NO_LABEL) always become the null class."""
         p = self.hparams.label_dropout if p is None else p
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p
-        return torch.where(drop | (labels < 0), torch.full_like(labels, self.null_class), labels)
+        return torch.where(drop | (labels == NO_LABEL), torch.full_like(labels, self.null_class), labels)
 
     def diffusion_loss(self, unet: UNet2DModel, images: Tensor, labels: Tensor, noise: Tensor,
                        timesteps: Tensor) -> Tensor:
@@ -207,14 +208,11 @@ class ClassConditionalDiffusion(L.LightningModule):
     def sample(self, labels: Tensor, noise: Tensor, guidance_scale: float = 1.0, steps: int = 25) -> Tensor:
         """Images in [0, 1] from the EMA model by deterministic DDIM from `noise` [B, 3, H, W], with classifier-free
         guidance toward `labels` [B] (null-class rows are plain unconditional samples)."""
-        self.sampler.set_timesteps(steps)
+        _, table = leading_tables(self.alphas_cumprod, steps)  # diffusers' DDIMScheduler defaults: clean end at 1
         x = noise.to(self.device, next(self.ema.parameters()).dtype)
-        labels = labels.to(self.device)
-        both = torch.cat([torch.full_like(labels, self.null_class), labels])
         self.ema.eval()  # no dropout while sampling, whatever mode Lightning has the module in
-        for t in self.sampler.timesteps:
-            eps_null, eps_class = self.ema(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
-            x = self.sampler.step(eps_null + guidance_scale * (eps_class - eps_null), t, x).prev_sample
+        x = ddim_sample(lambda x_t, t, y: self.ema(x_t, t, class_labels=y).sample, x, table, labels.to(self.device),
+                        self.null_class, guidance_scale, clip=True)
         self.ema.train(self.training)
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 

@@ -1,5 +1,5 @@
 """What DiffGuard's two paths share: the classifier-under-protection, the distances, the label each image is guided
-toward (oracle mode), the autograd check and the image grids. `gdm.py` and `ldm.py` add the diffusion part."""
+toward (oracle mode), the autograd check and the image grids. `gdm/` and `ldm/` add the diffusion part."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +7,8 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ood_lightning.classifiers import build_classifier
+from ood_lightning.data.presets import ID_SET
+from ood_lightning.data.sources import NO_LABEL
 from ood_lightning.detectors.base import OODDetector
 from ood_lightning.noise import sample_seed
 
@@ -27,9 +29,10 @@ class DiffGuardDetector(OODDetector):
 
     def __init__(self, classifier: str, classifier_weights: str | None, num_classes: int | None,
                  mean: list[float] | None, std: list[float] | None, reference: str, similarities: list[str],
-                 vgg16_weights: str | None, dists_weights: str | None, lpips_weights: str | None,
-                 results_dir: str | None):
-        super().__init__(results_dir=results_dir)
+                 oracle: bool, vgg16_weights: str | None, dists_weights: str | None, lpips_weights: str | None,
+                 grid_images: int, seed: int):
+        super().__init__()
+        self.oracle, self.grid_images, self.seed = bool(oracle), int(grid_images), int(seed)
         if reference not in ("unguided", "input"):
             raise ValueError(f"reference must be 'unguided' or 'input', got {reference!r}")
         if not similarities or len(set(similarities)) != len(similarities):
@@ -50,14 +53,21 @@ class DiffGuardDetector(OODDetector):
 
     def target_labels(self, batch: dict, prediction: Tensor, dataset: str) -> Tensor:
         """The label each image is guided toward: the prediction; in oracle mode the true label for the
-        in-distribution set ("id") and, for OOD sets, a random label seeded by (seed, set, index), so it depends
-        on neither the batch nor the process."""
-        if not self.hparams.oracle:
+        in-distribution set and, for OOD sets, a random label seeded by (seed, set, index), so it depends on
+        neither the batch nor the process. Oracle mode refuses in-distribution images without a label."""
+        if not self.oracle:
             return prediction
-        if dataset == "id":
-            return batch["label"].to(prediction)
+        if dataset == ID_SET:
+            labels = batch["label"]
+            if (labels == NO_LABEL).any():
+                raise ValueError(
+                    f"oracle: true guides in-distribution images toward their true label, but the "
+                    f"in-distribution set '{ID_SET}' has images without one (label {NO_LABEL}; e.g. a folders "
+                    "benchmark whose in-distribution folder has no class subfolders). Give the in-distribution "
+                    "images as one subfolder per class (an ImageFolder), or set model.init_args.oracle false")
+            return labels.to(prediction)
         labels = [int(torch.randint(self.classifier.num_classes, (), generator=torch.Generator().manual_seed(
-            sample_seed(self.hparams.seed, f"{dataset}/oracle", i)))) for i in batch["index"].tolist()]
+            sample_seed(self.seed, f"{dataset}/oracle", i)))) for i in batch["index"].tolist()]
         return torch.tensor(labels, dtype=prediction.dtype, device=prediction.device)
 
     def distances_between(self, reference: Tensor, synthesis: Tensor) -> dict[str, Tensor]:

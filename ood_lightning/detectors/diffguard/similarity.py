@@ -1,7 +1,7 @@
 """The measures DiffGuard compares a synthesis with its reference by, as distances: higher = more likely OOD.
 
 The reference code scores similarities; the project's one score sign turns each into a distance without changing
-its ranking (diffguard-reference.md section 4). Inputs are [B, 3, H, W] images in [0, 1] (the runner clamps them);
+its ranking (docs/diffguard.md (Similarities)). Inputs are [B, 3, H, W] images in [0, 1] (the runner clamps them);
 each measure returns one float32 value per sample, independent of the other samples in the batch.
 
 - `dists`: piq's DISTS itself (the reference scores 1 - DISTS). Weight files: `vgg16_weights`, `dists_weights`.
@@ -16,8 +16,9 @@ Weight files (see `WEIGHT_FILES`; nothing is ever downloaded, a missing one is a
 `vgg16_weights` = torchvision's `vgg16-397923af.pth`, `dists_weights` = piq's `dists_weights.pt` (alpha, beta),
 `lpips_weights` = piq's `lpips_weights.pt` (the five linear-layer weights).
 
-The GDM inversion's early-stop rule (reference section 2.2) compares noisy latents, which leave [-1, 1], with the
-input: `psnr_db` and `dists_similarity_unclamped` measure them without clamping, as the reference does.
+The GDM inversion's early-stop rule (docs/diffguard.md (Classifier-guided path)) compares noisy latents, which
+leave [-1, 1], with the input: `psnr_db` and `dists_similarity_unclamped` measure them without clamping, as the
+reference does.
 """
 from __future__ import annotations
 

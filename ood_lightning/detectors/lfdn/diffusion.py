@@ -1,14 +1,16 @@
-"""LFDN noise schedule, training loss and the test-time reconstruction (``lfdn-reference.md`` §3.1, §4).
+"""LFDN noise schedule, training loss and the test-time reconstruction (docs/lfdn.md (Schedule and reconstruction)).
 
 Timesteps are 0-based indices into the tables: ``alphas_cumprod[t]`` is ab_t, t = 0..T-1.
 Even t = 0 is slightly noisy (ab_0 = 0.9985), as in the official DDPM buffers.
 
-Reconstruction variants (``reconstruct(..., variant=...)``):
+The reconstruction is DDIM along a `DDIMTable` (ood_lightning/ddim.py) whose rows are the variant
+(``reconstruct(..., variant=...)``):
 
 ``"reference"`` reproduces the official sampler exactly. z is noised to index ``start_index`` (3) with
 ab_3; then for s = start_index..1 the network is asked for x0 at t = s, eps-hat is derived with ab_s, but
-the DDIM update uses the official off-by-one tables a = ab_{s-1}, a' = ab_{s-2} (a' = ab_0 for s = 1).
-The last update (s = 1) has a = a' and sigma = 0 and returns x unchanged. The result is the last x, not x0'.
+the DDIM update uses the official off-by-one tables a = ab_{s-1}, a' = ab_{s-2} (a' = ab_0 for s = 1): those are
+the table's rows. The last update (s = 1) has a = a' and sigma = 0 and returns x unchanged. The result is the last
+x, not x0'.
 
 ``"consistent"`` is the same loop with the tables that match the noise level of x, as in diffusers'
 ``DDIMScheduler(set_alpha_to_one=True)`` with timesteps [start_index, ..., 1, 0]: each step s maps x_s to
@@ -25,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from ood_lightning.ddim import DDIMTable, ddim_step, eps_from_x0, x0_from_eps
 
 VARIANTS = ("reference", "consistent")
 
@@ -67,35 +71,41 @@ class LFDNSchedule:
         return F.mse_loss(prediction.to(x0.dtype), x0)
 
     # ---- DDIM update ------------------------------------------------------------------------------------
-    def ddim_alphas(self, t: int, variant: str = "reference") -> tuple[float, float]:
-        """(a, a') used by the DDIM update at network timestep t."""
-        if variant == "reference":  # official tables, shifted by one (reference §4)
-            if t < 1:
-                raise ValueError("the reference sampler has no step at t = 0")
-            return self.ab(t - 1), self.ab(max(t - 2, 0))
-        if variant == "consistent":
-            return self.ab(t), (self.ab(t - 1) if t >= 1 else 1.0)
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    def ddim_table(self, start_index: int, variant: str = "reference") -> DDIMTable:
+        """The reconstruction's steps as rows, from the lowest timestep up to `start_index` (see the module
+        docstring): "reference" rows s = 1..start_index read at ab_{s-1} and move to ab_{max(s-2, 0)};
+        "consistent" rows s = 0..start_index read at ab_s and move to ab_{s-1} (1 below index 0)."""
+        if variant == "reference":
+            steps = range(1, start_index + 1)
+            pairs = [(self.ab(s - 1), self.ab(max(s - 2, 0))) for s in steps]
+        elif variant == "consistent":
+            steps = range(0, start_index + 1)
+            pairs = [(self.ab(s), self.ab(s - 1) if s >= 1 else 1.0) for s in steps]
+        else:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        alpha_bar, alpha_bar_to = (torch.tensor(column, dtype=torch.float64) for column in zip(*pairs))
+        return DDIMTable(tuple(steps), alpha_bar, alpha_bar_to)
 
-    def ddim_sigma(self, t: int, eta: float = 1.0, variant: str = "reference") -> float:
-        """sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')."""
-        a, a_prev = self.ddim_alphas(t, variant)
-        return eta * math.sqrt((1.0 - a_prev) / (1.0 - a)) * math.sqrt(max(1.0 - a / a_prev, 0.0))
-
-    def step(self, x0_hat: Tensor, t: int, x: Tensor, *, eta: float = 1.0, noise: Tensor | None = None,
-             variant: str = "reference") -> Tensor:
-        """One DDIM update from x (the network input at timestep t) given the network's x0 prediction."""
-        ab_t = self.ab(t)
-        eps = (x - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)  # model's eps at its own timestep t
-        a, a_prev = self.ddim_alphas(t, variant)
-        sigma = self.ddim_sigma(t, eta, variant)
-        x0 = (x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
-        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+    def step(self, x0_hat: Tensor, x: Tensor, table: DDIMTable, i: int, *, eta: float = 1.0,
+             noise: Tensor | None = None) -> Tensor:
+        """Row i's DDIM update from x (the network input at timestep table.timesteps[i]) given the network's x0
+        prediction; eta > 0 adds sigma * noise."""
+        t = table.timesteps[i]
+        eps = eps_from_x0(x, x0_hat, self.ab(t))  # model's eps at its own timestep t
+        a, a_prev = float(table.alpha_bar[i]), float(table.alpha_bar_to[i])
+        sigma = ddim_sigma(a, a_prev, eta)
+        x_prev = ddim_step(x0_from_eps(x, eps, a), eps, a_prev, sigma)
         if sigma > 0:
             if noise is None:
                 raise ValueError(f"the step at t={t} is stochastic (sigma={sigma:.4g}) and needs noise")
             x_prev = x_prev + sigma * noise
         return x_prev
+
+
+def ddim_sigma(alpha_bar: float, alpha_bar_to: float, eta: float = 1.0) -> float:
+    """DDIM's noise scale sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')."""
+    return eta * math.sqrt((1.0 - alpha_bar_to) / (1.0 - alpha_bar)) * math.sqrt(
+        max(1.0 - alpha_bar / alpha_bar_to, 0.0))
 
 
 def reconstruct_noise_count(start_index: int = 3) -> int:
@@ -132,8 +142,9 @@ def reconstruct(
 
     noise = noise.to(device=z.device, dtype=z.dtype)
     x = schedule.add_noise(z, noise[:, 0], timestep(start_index))
-    for i, s in enumerate(range(start_index, 0, -1)):
-        x = schedule.step(model(x, timestep(s)), s, x, eta=eta, noise=noise[:, 1 + i], variant=variant)
-    if variant == "consistent":  # x is at index 0; a final deterministic step to a' = 1 returns x0-hat
-        x = schedule.step(model(x, timestep(0)), 0, x, eta=eta, variant=variant)
+    table = schedule.ddim_table(start_index, variant)
+    for i in reversed(range(len(table))):  # the reference's rows are s = start_index..1, the consistent's add s = 0
+        s = table.timesteps[i]
+        xi = noise[:, start_index - s + 1] if s >= 1 else None  # the xi of step s; the final s = 0 step has none
+        x = schedule.step(model(x, timestep(s)), x, table, i, eta=eta, noise=xi)
     return x

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
-from ood_lightning.io import load_checkpoint
+from ood_lightning.io import collect_state, load_checkpoint, raise_on_problems
 
 _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
         "time_embedding.linear_2": "time_embed.2", "class_embedding": "label_emb", "conv_norm_out": "out.0",
@@ -123,26 +122,15 @@ def convert_adm_state_dict(state_dict: Mapping[str, Tensor], config: Mapping, *,
     trained with ADM's ``use_new_attention_order=True`` (qkv channels ordered (3, heads, head_dim)).
     """
     modules = _module_map(config)
-    out: dict[str, Tensor] = {}
-    used, missing, wrong = set(), set(), set()
-    for key, shape in _expected_shapes(config).items():
-        source, leaf = _source(key, modules)
-        want = _adm_shape(leaf, key, shape)
-        used.add(source)
-        if source not in state_dict:
-            missing.add(source)
-        elif tuple(have := state_dict[source].shape) != want:
-            wrong.add(f"{source} {tuple(have)} (expected {want})")
-        else:
-            out[key] = _take(state_dict[source], leaf, heads=shape[0] // config["attention_head_dim"],
-                             legacy=legacy_qkv_order)
-    unexpected = set(state_dict) - used
-    if missing or wrong or unexpected:
-        problems = [f"{what}: {_listing(keys)}" for what, keys in
-                    (("missing", missing), ("wrong shape", wrong), ("unexpected", unexpected)) if keys]
-        raise ValueError("ADM state dict does not fit the architecture inferred from it (block_out_channels "
-                         f"{list(config['block_out_channels'])}, layers_per_block {config['layers_per_block']}); "
-                         + "; ".join(problems))
+    shapes = {key: tuple(shape) for key, shape in _expected_shapes(config).items()}
+    sources = {key: _source(key, modules) for key in shapes}  # diffusers key -> (ADM key, diffusers leaf)
+    out, problems = collect_state(
+        state_dict, shapes, lambda key: sources[key][0],
+        source_shape=lambda key, shape: _adm_shape(sources[key][1], key, shape),
+        take=lambda key, value: _take(value, sources[key][1], heads=shapes[key][0] // config["attention_head_dim"],
+                                      legacy=legacy_qkv_order))
+    raise_on_problems(problems, "ADM state dict", hint=" inferred from it (block_out_channels "
+                      f"{list(config['block_out_channels'])}, layers_per_block {config['layers_per_block']})")
     return out
 
 
@@ -158,8 +146,8 @@ def load_adm_unet(path: str | os.PathLike, num_head_channels: int = 64, image_si
     try:
         config = adm_unet_config(state, num_head_channels, image_size)
         weights = convert_adm_state_dict(state, config)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except ValueError as e:  # the same error type (a StateDictMismatchError stays one), naming the file
+        raise type(e)(f"{path}: {e}") from e
     with torch.device("meta"):  # no random init of hundreds of millions of weights that are replaced right away
         model = UNet2DModel(**config)
     model.load_state_dict(weights, strict=True, assign=True)
@@ -223,7 +211,7 @@ def _source(key: str, modules: Mapping[str, str]) -> tuple[str, str]:
     raise RuntimeError(f"UNet2DModel has a parameter {key} this converter does not know: diffusers changed?")
 
 
-def _adm_shape(leaf: str, key: str, shape: torch.Size) -> tuple[int, ...]:
+def _adm_shape(leaf: str, key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The ADM shape behind a diffusers tensor: qkv stacks 3 projections, ADM's attention projections are conv1d."""
     shape = (3 * shape[0], *shape[1:]) if leaf in _QKV else tuple(shape)
     return (*shape, 1) if leaf in (*_QKV, "to_out.0") and key.endswith("weight") else shape
@@ -239,17 +227,11 @@ def _take(t: Tensor, leaf: str, heads: int, legacy: bool) -> Tensor:
     return t.to(torch.float32).contiguous()
 
 
-def _listing(keys: set[str]) -> str:
-    shown = sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
-    more = f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
-    return ", ".join(shown[:_SHOWN]) + more
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Convert an openai guided-diffusion UNet checkpoint into a diffusers UNet2DModel folder "
                     "(config.json + safetensors) that UNet2DModel.from_pretrained loads.",
-        epilog="example:\n  python -m ood_lightning.detectors.diffguard.adm_checkpoint "
+        epilog="example:\n  python -m ood_lightning.detectors.diffguard.gdm.adm_checkpoint "
                "checkpoints/256x256_diffusion_uncond.pt checkpoints/adm256_uncond",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="ADM state dict, e.g. checkpoints/256x256_diffusion_uncond.pt")

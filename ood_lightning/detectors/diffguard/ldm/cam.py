@@ -17,31 +17,21 @@ grid, like the reference's `F.interpolate` of the 3-channel mask.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
-from ood_lightning.classifiers import Classifier, CifarResNet, DenseNetBC, TorchvisionResNet50
-
-# The last convolutional block of each architecture, on the final feature map before global pooling.
-CAM_LAYERS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
-    TorchvisionResNet50: lambda net: net.layer4[-1],  # the reference's target layer (last Bottleneck)
-    CifarResNet: lambda net: getattr(net, f"layer{net.num_stages}")[-1],
-    DenseNetBC: lambda net: net.encoder.bn1,  # the final BN on the dense features, like torchvision's norm5
-}
+from ood_lightning.classifiers import CLASSIFIERS, Classifier
 
 
 def cam_target_layer(classifier: Classifier) -> nn.Module:
-    """The module whose activations Grad-CAM weighs, looked up by the network's architecture."""
-    for arch, layer in CAM_LAYERS.items():
-        if isinstance(classifier.net, arch):
-            return layer(classifier.net)
-    raise ValueError(f"no Grad-CAM layer known for {type(classifier.net).__name__}; known architectures: "
-                     f"{', '.join(a.__name__ for a in CAM_LAYERS)} (add one to CAM_LAYERS)")
+    """The module whose activations Grad-CAM weighs: the `cam_layer` of the classifier's registry entry."""
+    if classifier.name not in CLASSIFIERS:
+        raise ValueError(f"no Grad-CAM layer known for classifier {classifier.name!r}; known: "
+                         f"{', '.join(CLASSIFIERS)} (each ood_lightning.classifiers.ArchSpec names its cam_layer)")
+    return CLASSIFIERS[classifier.name].cam_layer(classifier.net)
 
 
 def minmax_per_image(cam: Tensor) -> Tensor:

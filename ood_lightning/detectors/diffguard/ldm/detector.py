@@ -6,119 +6,43 @@ guidance toward the predicted label, applied only inside the classifier's Grad-C
 ("Distinct Semantic Guidance") and the unconditional prediction elsewhere; the decoded synthesis is compared with
 the input, and the distance is the OOD score (an in-distribution image comes back as itself, an OOD image is
 pulled toward the wrong class where the classifier looks). Defaults are the released config `ldm-exp2.25`
-(../shared/specs/diffguard-reference.md section 3): 25 DDIM steps (eta 0) on CompVis' sub-sequence
+(docs/diffguard.md (Classifier-free path)): 25 DDIM steps (eta 0) on CompVis' sub-sequence
 [1, 41, ..., 961] of the scaled-linear schedule 0.0015 -> 0.0195, guidance scale 10, Grad-CAM cut 0.3 (the paper
 reports 0.2 as best), 256 px input, DISTS against the input.
 
-The DDIM arithmetic is diffusers' `DDIMInverseScheduler` / `DDIMScheduler`. Their tables changed across diffusers
-releases, so `ddim_schedulers` checks them against CompVis' sampler before any work: the inversion evaluates the
-model at t (the target level) and its step moves from alpha-bar[t - T/n] (alpha-bar[0] before the first step) to
-alpha-bar[t], as CompVis' DDIMForward; the sampler moves back along the same pairs.
+The DDIM steps are the rows of `compvis_tables`: CompVis' sampler, whose inversion evaluates the model at t (the
+level it moves to) and moves from alpha-bar[t - T/n] (alpha-bar[0] before the first step) to alpha-bar[t]; the
+re-synthesis moves back along the same pairs (docs/diffguard.md (Released settings)).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
-import diffusers
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import Tensor
 
+from ood_lightning.ddim import DDIMTable, alphas_cumprod_float32, ddim_invert, ddim_sample, leading_tables
+from ood_lightning.diffusion_export import check_training_schedule
+
+from ..detector import DiffGuardDetector
 from .cam import GradCAMMask
-from .ddim import train_betas
-from .detector import DiffGuardDetector
 from .latent_models import load_latent_model
-from .models import check_training_schedule
-
-EpsFn = Callable[[Tensor, int, Tensor], Tensor]  # (latents, training timestep, class labels) -> epsilon
 
 
-# -- the DDIM tables -------------------------------------------------------------------------------------
-def step_alpha_bars(scheduler: DDIMScheduler | DDIMInverseScheduler, t: int) -> tuple[float, float]:
-    """The (from, to) alpha-bar pair a scheduler's step at timestep t uses, read off the step itself: with
-    epsilon 0 and sample 1 the x0 estimate is 1 / sqrt(from) and the result sqrt(to) * x0."""
-    out = scheduler.step(torch.zeros(1, dtype=torch.float64), t, torch.ones(1, dtype=torch.float64))
-    x0 = float(out.pred_original_sample)
-    return 1.0 / x0 ** 2, (float(out.prev_sample) / x0) ** 2
-
-
-def compvis_ddim_table(num_steps: int, beta_schedule: str, beta_start: float, beta_end: float,
-                       num_train_timesteps: int, steps_offset: int, set_alpha_to_one: bool
-                       ) -> tuple[list[int], list[tuple[float, float]]]:
-    """CompVis' DDIM sub-sequence and the inversion's alpha-bar pairs (float64): timesteps range(0, T, T/n) plus
-    the offset; the step at t goes from alpha-bar[t - T/n] (before the first: alpha-bar[0], or 1 with
-    set_alpha_to_one) to alpha-bar[t]."""
-    stride = num_train_timesteps // num_steps
-    alpha_bar = np.cumprod(1.0 - train_betas(beta_schedule, beta_start, beta_end, num_train_timesteps))
-    first = 1.0 if set_alpha_to_one else float(alpha_bar[0])
-    timesteps = [k + steps_offset for k in range(0, num_train_timesteps, stride)]
-    pairs = [(float(alpha_bar[t - stride]) if t >= stride else first, float(alpha_bar[t])) for t in timesteps]
-    return timesteps, pairs
-
-
-def ddim_schedulers(num_steps: int = 25, beta_schedule: str = "scaled_linear", beta_start: float = 0.0015,
-                    beta_end: float = 0.0195, num_train_timesteps: int = 1000, steps_offset: int = 1,
-                    set_alpha_to_one: bool = False) -> tuple[DDIMInverseScheduler, DDIMScheduler]:
-    """diffusers' inverse and forward DDIM schedulers with `num_steps` set, after checking that their timesteps
-    and the alpha-bar pairs their steps use are CompVis' (RuntimeError naming the diffusers version if not)."""
+def compvis_tables(num_steps: int = 25, beta_schedule: str = "scaled_linear", beta_start: float = 0.0015,
+                   beta_end: float = 0.0195, num_train_timesteps: int = 1000, steps_offset: int = 1,
+                   set_alpha_to_one: bool = False) -> tuple[DDIMTable, DDIMTable]:
+    """(inversion, re-synthesis) tables of CompVis' DDIM sampler: the sub-sequence range(0, T, T/n) + steps_offset
+    ([1, 41, ..., 961] for the released 25 steps), the clean end at alpha-bar[0] (1 with set_alpha_to_one),
+    float32 entries as the released LDM results were computed with."""
     if num_steps <= 0 or num_train_timesteps % num_steps:
         raise ValueError(f"num_steps must divide num_train_timesteps {num_train_timesteps} (CompVis' DDIM "
                          f"sub-sequence is evenly strided), got {num_steps}")
-    config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
-                  beta_end=beta_end, steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one,
-                  clip_sample=False, prediction_type="epsilon", timestep_spacing="leading")
-    inverse, sampler = DDIMInverseScheduler(**config), DDIMScheduler(**config)
-    inverse.set_timesteps(num_steps)
-    sampler.set_timesteps(num_steps)
-    timesteps, pairs = compvis_ddim_table(num_steps, beta_schedule, beta_start, beta_end, num_train_timesteps,
-                                          steps_offset, set_alpha_to_one)
-    found = {
-        "DDIMInverseScheduler timesteps": (inverse.timesteps.tolist(), timesteps),
-        "DDIMScheduler timesteps": (sampler.timesteps.tolist(), timesteps[::-1]),
-        "DDIMInverseScheduler alpha-bar pairs": ([step_alpha_bars(inverse, t) for t in timesteps], pairs),
-        "DDIMScheduler alpha-bar pairs": ([step_alpha_bars(sampler, t)[::-1] for t in timesteps], pairs),
-    }
-    for what, (got, expected) in found.items():
-        if np.shape(got) != np.shape(expected) or not np.allclose(got, expected, rtol=1e-4, atol=0):
-            raise RuntimeError(
-                f"diffusers {diffusers.__version__}: the {what} differ from CompVis' DDIM sampler that DiffGuard's "
-                f"LDM results were computed with (diffguard-reference.md sections 3.3 and 8):\n  got      {got}\n"
-                f"  expected {expected}\nThis diffusers release changed its DDIM tables; use one that matches "
-                "(0.42.1 does).")
-    return inverse, sampler
+    alpha_bar = alphas_cumprod_float32(beta_schedule, beta_start, beta_end, num_train_timesteps)
+    return leading_tables(alpha_bar, num_steps, steps_offset, 1.0 if set_alpha_to_one else alpha_bar[0])
 
 
-# -- inversion and re-synthesis --------------------------------------------------------------------------
-def invert(eps_fn: EpsFn, latents: Tensor, inverse: DDIMInverseScheduler, null_class: int) -> Tensor:
-    """Deterministic DDIM inversion with the null class and no guidance, up the whole sub-sequence."""
-    null = torch.full((len(latents),), null_class, dtype=torch.int64, device=latents.device)
-    for t in inverse.timesteps.tolist():
-        latents = inverse.step(eps_fn(latents, t, null), t, latents).prev_sample
-    return latents
-
-
-def masked_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float, mask: Tensor | None) -> Tensor:
-    """Classifier-free guidance eps_u + w (eps_c - eps_u) where `mask` is true (everywhere for None), eps_u
-    elsewhere."""
-    guided = eps_uncond + scale * (eps_cond - eps_uncond)
-    return guided if mask is None else torch.where(mask, guided, eps_uncond)
-
-
-def resynthesize(eps_fn: EpsFn, latents: Tensor, sampler: DDIMScheduler, labels: Tensor, null_class: int,
-                 scale: float, mask: Tensor | None) -> Tensor:
-    """DDIM down the whole sub-sequence with masked guidance toward `labels`; each step evaluates the
-    unconditional and conditional predictions in one model call on [null-class rows, label rows]."""
-    both = torch.cat([torch.full_like(labels, null_class), labels])
-    for t in sampler.timesteps.tolist():
-        eps_uncond, eps_cond = eps_fn(torch.cat([latents, latents]), t, both).chunk(2)
-        latents = sampler.step(masked_guidance(eps_uncond, eps_cond, scale, mask), t, latents).prev_sample
-    return latents
-
-
-# -- the detector ----------------------------------------------------------------------------------------
 class DiffGuardLDM(DiffGuardDetector):
     """DiffGuard with classifier-free guidance inside the Grad-CAM mask on a class-conditional latent model.
 
@@ -128,7 +52,7 @@ class DiffGuardLDM(DiffGuardDetector):
 
     Args:
         diffusion_model: CompVis cin256-v2 `model.ckpt` (converted on load), a folder converted from it by
-            `ldm_checkpoint`, a diffusers DiTPipeline folder (e.g. DiT-XL-2-256), or the pixel-space export of
+            `compvis_checkpoint`, a diffusers DiTPipeline folder (e.g. DiT-XL-2-256), or the pixel-space export of
             `configs/diffusion/` (a folder with diffguard.json); see latent_models.py.
         classifier: Classifier-under-protection, a key of ood_lightning.classifiers.CLASSIFIERS; it also gives
             the Grad-CAM. Its classes must be classes of the diffusion model.
@@ -160,7 +84,6 @@ class DiffGuardLDM(DiffGuardDetector):
         lpips_weights: piq's LPIPS weight file.
         grid_images: Images per test set shown in grids/<set>.png (input, [reference,] synthesis, mask rows); 0: none.
         seed: Seed of the oracle's random OOD labels.
-        results_dir: Where results files go; default: the trainer's log directory.
     """
 
     extra_names = ("prediction", "target", "cam_area")
@@ -192,13 +115,12 @@ class DiffGuardLDM(DiffGuardDetector):
         lpips_weights: str | None = None,
         grid_images: int = 8,
         seed: int = 0,
-        results_dir: str | None = None,
     ):
-        super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities,
-                         vgg16_weights, dists_weights, lpips_weights, results_dir)
+        super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities, oracle,
+                         vgg16_weights, dists_weights, lpips_weights, grid_images, seed)
         self.save_hyperparameters()
-        self.inverse, self.sampler = ddim_schedulers(num_steps, beta_schedule, beta_start, beta_end,
-                                                     num_train_timesteps, steps_offset, set_alpha_to_one)
+        self.inversion_table, self.resynthesis_table = compvis_tables(
+            num_steps, beta_schedule, beta_start, beta_end, num_train_timesteps, steps_offset, set_alpha_to_one)
         self.latent_model = load_latent_model(diffusion_model)
         self.latent_model.latent_shape(image_size)  # refuses a size the model cannot take, before any work
         check_training_schedule(diffusion_model, self.latent_model.training_schedule or {}, self.hparams)
@@ -224,13 +146,14 @@ class DiffGuardLDM(DiffGuardDetector):
         null = self.latent_model.null_class
         twin = hp.reference == "unguided"
         with torch.no_grad():
-            latents = invert(self.latent_model.eps, latents, self.inverse, null)
+            latents = ddim_invert(self.latent_model.eps, latents, self.inversion_table,
+                                  torch.full((len(latents),), null, dtype=torch.int64, device=latents.device))
             labels, guide_mask = target, mask
             if twin:  # the unguided twin: the same latents guided toward the null class, where guidance is a no-op
                 latents, labels = torch.cat([latents, latents]), torch.cat([target, torch.full_like(target, null)])
                 guide_mask = None if mask is None else torch.cat([mask, mask])
-            out = resynthesize(self.latent_model.eps, latents, self.sampler, labels, null, hp.guidance_scale,
-                               guide_mask)
+            out = ddim_sample(self.latent_model.eps, latents, self.resynthesis_table, labels, null,
+                              hp.guidance_scale, guide_mask)
             out = (self.latent_model.decode(out) + 1.0) / 2.0
             synthesis, reference = (out[: len(images)], out[len(images):]) if twin else (out, images)
         scores = self.distances_between(reference, synthesis)

@@ -68,7 +68,7 @@ class Cutouts:
 
 
 class CleanGradGuidance:
-    """g = scale * grad of sum log p(label | cutouts of the blend), per sample; rows labelled -1 get g = 0.
+    """g = scale * grad of sum log p(label | cutouts of the blend), per sample; rows not to be guided get g = 0.
 
     Args:
         classifier: Maps [N, 3, h, w] images in [0, 1] to logits (normalisation inside).
@@ -83,11 +83,13 @@ class CleanGradGuidance:
         self.cutouts = cutouts or Cutouts(count=0)
         self.use_x0 = use_x0
 
-    def __call__(self, x_t: Tensor, x0_raw: Tensor, alpha_bar: float, labels: Tensor, steps: Tensor) -> Tensor:
+    def __call__(self, x_t: Tensor, x0_raw: Tensor, alpha_bar: float, labels: Tensor, steps: Tensor,
+                 guided: Tensor | None = None) -> Tensor:
         """The guidance g for latents x_t [B, C, S, S] in [-1, 1] scale, their unclipped x0 estimates, target
-        labels [B] (-1: unguided) and each sample's guided step count (which selects its crops)."""
+        labels [B] and each sample's guided step count (which selects its crops). `guided` [B] (bool) says which
+        rows are guided (None: all); the others, e.g. the unguided twin, get g = 0 and cost no classifier pass."""
         g = torch.zeros_like(x_t)
-        guided = (labels >= 0).nonzero().squeeze(1)
+        guided = torch.arange(len(x_t), device=x_t.device) if guided is None else guided.nonzero().squeeze(1)
         if not len(guided):
             return g
         fac = math.sqrt(1.0 - alpha_bar)

@@ -4,8 +4,8 @@ DiffGuard's LDM path needs five things from its diffusion model: encode an image
 the noise prediction for a class label, the label that means "no class" (the null class, trained by label
 dropout, which makes classifier-free guidance possible) and the latent grid of an image size. Three back-ends:
 
-- `CompVisLDM`: CompVis latent-diffusion cin256-v2, the model of the released LDM results. VQ-f4 first stage;
-  `encode` is the pre-quantisation latent and `decode` quantises first, as LDM's encode/decode_first_stage; no
+- `CompVisLDM`: CompVis latent-diffusion cin256-v2, the model of the released LDM results (converted by
+  `compvis_checkpoint`). VQ-f4 first stage; `encode` is the pre-quantisation latent and `decode` quantises first, as LDM's encode/decode_first_stage; no
   latent scaling (LDM's scale_factor is 1). The UNet reads the class through cross-attention on
   `class_embedding(y)[:, None]`; the null class is the embedding's last row (1000 of 1001).
 - `DiTModel`: DiT (Peebles & Xie 2023, e.g. facebook/DiT-XL-2-256) from a diffusers DiTPipeline folder, for users
@@ -33,10 +33,10 @@ import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
 from torch import Tensor, nn
 
-from ood_lightning.training.diffusion import EXPORT_INFO
+from ood_lightning.diffusion_export import EXPORT_INFO, SCHEDULE_KEYS, read_export_info
 
-from .ldm_checkpoint import LatentDiffusionParts, load_ldm_checkpoint, load_ldm_parts
-from .models import SCHEDULE_KEYS, load_pixel_unet, read_export_info
+from ..pixel_unet import load_unet_folder
+from .compvis_checkpoint import LatentDiffusionParts, load_ldm_checkpoint, load_ldm_parts
 
 
 class LatentDiffusionModel(nn.Module):
@@ -76,7 +76,7 @@ def _downsampling(block_out_channels: list[int] | tuple[int, ...]) -> int:
 
 
 class CompVisLDM(LatentDiffusionModel):
-    """CompVis latent-diffusion (cin256-v2) as converted by `ldm_checkpoint`: VQModel, UNet2DConditionModel,
+    """CompVis latent-diffusion (cin256-v2) as converted by `compvis_checkpoint`: VQModel, UNet2DConditionModel,
     class embedding."""
 
     def __init__(self, parts: LatentDiffusionParts):
@@ -175,7 +175,7 @@ class PixelDiffusion(LatentDiffusionModel):
 def load_pixel_diffusion(folder: str | Path) -> PixelDiffusion:
     """The export folder of `configs/diffusion/` (a diffusers UNet2DModel folder with diffguard.json)."""
     info = read_export_info(folder)
-    unet = load_pixel_unet(str(folder))
+    unet = load_unet_folder(folder)
     if unet.config.num_class_embeds != info["null_class"] + 1:
         raise ValueError(f"{folder}: the UNet has {unet.config.num_class_embeds} class embeddings but "
                          f"{EXPORT_INFO} names class {info['null_class']} as the null class (expected the last)")
@@ -201,7 +201,7 @@ def load_dit(folder: str | Path) -> DiTModel:
 def load_latent_model(path: str | Path) -> LatentDiffusionModel:
     """The back-end a local path holds:
     - a file: CompVis latent-diffusion's cin256-v2 `model.ckpt`, converted on load;
-    - a folder with `ldm_parts.json`: the same model converted once by `ldm_checkpoint` (`save_ldm_parts`);
+    - a folder with `ldm_parts.json`: the same model converted once by `compvis_checkpoint` (`save_ldm_parts`);
     - a folder with `transformer/`: a diffusers DiTPipeline (e.g. DiT-XL-2-256);
     - a folder with `diffguard.json`: a pixel-space model trained by this project's `configs/diffusion/`.
     """
@@ -219,7 +219,8 @@ def load_latent_model(path: str | Path) -> LatentDiffusionModel:
         f"latent diffusion model not found: {p} {problem}. DiffGuard's classifier-free path needs one of: CompVis "
         "latent-diffusion's class-conditional ImageNet model cin256-v2 (model.ckpt, linked from "
         "https://github.com/CompVis/latent-diffusion, e.g. checkpoints/cin256-v2/model.ckpt); a folder converted "
-        "from it by `python -m ood_lightning.detectors.diffguard.ldm_checkpoint` (ldm_parts.json, vqvae/, unet/); "
+        "from it by `python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint` (ldm_parts.json, vqvae/, "
+        "unet/); "
         "or a diffusers DiTPipeline folder with transformer/ and vae/ subfolders (e.g. a local copy of "
         "facebook/DiT-XL-2-256 in checkpoints/DiT-XL-2-256); or the export folder of a model trained with "
         "configs/diffusion/ (unet/ in its run folder, with diffguard.json). Nothing is downloaded.")

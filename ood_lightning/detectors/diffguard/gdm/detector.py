@@ -5,7 +5,7 @@ unconditional pixel diffusion model stops per sample once the latent is far enou
 stop); re-synthesis from one step above that level is guided toward the predicted label with Clean Grad; the
 distance between the synthesis and a reference is the OOD score (an in-distribution image is re-synthesised into
 itself, an OOD image drifts toward the wrong class). Defaults are the released headline config `exp6.1`
-(see ../shared/specs/diffguard-reference.md section 2), whose reference is the unguided twin: a plain DDIM
+(docs/diffguard.md (Classifier-guided path)), whose reference is the unguided twin: a plain DDIM
 reconstruction from the same latent and start index. The paper describes comparing with the input instead:
 `reference: input`.
 """
@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ood_lightning.training.diffusion import EXPORT_INFO
+from ood_lightning.diffusion_export import EXPORT_INFO, check_training_schedule, read_export_info
 
-from .ddim import RespacedSchedule
-from .detector import DiffGuardDetector
+from ..detector import DiffGuardDetector
+from ..similarity import build_distance, dists_similarity_unclamped, psnr_db
 from .guidance import CleanGradGuidance, Cutouts
 from .inversion import invert
-from .models import check_training_schedule, load_pixel_unet, read_export_info
+from .respacing import respaced_tables
 from .resynthesis import resynthesize
-from .similarity import build_distance, dists_similarity_unclamped, psnr_db
+from .unet import load_pixel_unet
 
 
 class DiffGuardGDM(DiffGuardDetector):
@@ -72,7 +72,6 @@ class DiffGuardGDM(DiffGuardDetector):
         adm_num_head_channels: Attention head width when converting an openai checkpoint (64 for the released).
         grid_images: Images per test set shown in grids/<set>.png (input, reference, synthesis rows); 0: none.
         seed: Seed of the oracle's random OOD labels.
-        results_dir: Where results files go; default: the trainer's log directory.
     """
 
     extra_names = ("prediction", "target", "stop_index", "unet_evals", "classifier_evals")
@@ -110,14 +109,14 @@ class DiffGuardGDM(DiffGuardDetector):
         adm_num_head_channels: int = 64,
         grid_images: int = 8,
         seed: int = 0,
-        results_dir: str | None = None,
     ):
-        super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities,
-                         vgg16_weights, dists_weights, lpips_weights, results_dir)
+        super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities, oracle,
+                         vgg16_weights, dists_weights, lpips_weights, grid_images, seed)
         self.save_hyperparameters()
         if resynthesis_offset < 0:
             raise ValueError(f"resynthesis_offset must be >= 0, got {resynthesis_offset}")
-        self.schedule = RespacedSchedule(num_steps, beta_schedule, beta_start, beta_end, num_train_timesteps)
+        self.inversion_table, self.resynthesis_table = respaced_tables(num_steps, beta_schedule, beta_start, beta_end,
+                                                                       num_train_timesteps)
         if not 0 < max_inversion_steps <= num_steps:
             raise ValueError(f"max_inversion_steps must be in [1, {num_steps}], got {max_inversion_steps}")
         self.null_class = null_class
@@ -143,7 +142,7 @@ class DiffGuardGDM(DiffGuardDetector):
         labels = None
         if self.null_class is not None:
             labels = torch.full((len(x),), self.null_class, dtype=torch.int64, device=x.device)
-        t = torch.full((len(x),), self.schedule.timesteps[k], dtype=torch.int64, device=x.device)
+        t = torch.full((len(x),), self.inversion_table.timesteps[k], dtype=torch.int64, device=x.device)
         out = self.unet(x, t, class_labels=labels).sample
         return out[:, : x.shape[1]].float()
 
@@ -166,18 +165,19 @@ class DiffGuardGDM(DiffGuardDetector):
         target = self.target_labels(batch, prediction, dataset)
         x = _resize(images * 2.0 - 1.0, self.unet.config.sample_size)
         early_stop = hp.stop_psnr is not None or self.stop_dists is not None
-        latent, stop = invert(self.eps, x, self.schedule, hp.max_inversion_steps,
+        latent, stop = invert(self.eps, x, self.inversion_table, hp.max_inversion_steps,
                               stop_fn=self.should_stop if early_stop else None, clip=hp.clip_denoised)
-        start = (stop + 1 + hp.resynthesis_offset).clamp(max=self.schedule.num_steps - 1)
-        twin = hp.reference == "unguided"
-        labels = torch.cat([target, torch.full_like(target, -1)]) if twin else target
+        start = (stop + 1 + hp.resynthesis_offset).clamp(max=len(self.resynthesis_table) - 1)
+        twin = hp.reference == "unguided"  # rows [guided synthesis, unguided twin] from the same latents
+        labels = torch.cat([target, target]) if twin else target
+        guided = torch.arange(len(labels), device=labels.device) < len(target)
         rows_start = torch.cat([start, start]) if twin else start
 
         def guide(x_t: Tensor, x0_raw: Tensor, alpha_bar: float, rows: Tensor, steps: Tensor) -> Tensor:
-            return self.guidance(x_t, x0_raw, alpha_bar, labels[rows], steps)
+            return self.guidance(x_t, x0_raw, alpha_bar, labels[rows], steps, guided[rows])
 
-        out = resynthesize(self.eps, torch.cat([latent, latent]) if twin else latent, rows_start, self.schedule,
-                           guide=guide, clip=hp.clip_denoised)
+        out = resynthesize(self.eps, torch.cat([latent, latent]) if twin else latent, rows_start,
+                           self.resynthesis_table, guide=guide, clip=hp.clip_denoised)
         out = ((_resize(out, images.shape[-1]) + 1.0) / 2.0).clamp(0.0, 1.0)
         synthesis, reference = (out[: len(images)], out[len(images):]) if twin else (out, images.clamp(0.0, 1.0))
         scores = self.distances_between(reference, synthesis)

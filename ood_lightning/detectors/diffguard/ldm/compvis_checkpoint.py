@@ -19,7 +19,7 @@ Caveat for OOD numbers: the VQ-f4 first stage was trained on OpenImages, which i
 
 Converted once, the parts load from a diffusers-style folder without the original checkpoint::
 
-    python -m ood_lightning.detectors.diffguard.ldm_checkpoint \
+    python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint \
         checkpoints/cin256-v2/model.ckpt checkpoints/ldm-cin256-v2
 """
 from __future__ import annotations
@@ -33,10 +33,11 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel, VQModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from ood_lightning.io import load_checkpoint
+from ood_lightning.errors import StateDictMismatchError
+from ood_lightning.io import atomic_write, atomic_write_text, collect_state, load_checkpoint, raise_on_problems
 
 UNET_PREFIX = "model.diffusion_model."
 VQ_PREFIX = "first_stage_model."
@@ -225,35 +226,21 @@ def _apply(rules: list[tuple[str, Callable[[re.Match], str]]], ours: str) -> str
 def _collect(state: Mapping[str, Tensor], prefix: str, model: nn.Module, official: Callable[[str], str],
              conv_as_linear: re.Pattern | None = None, ignored: str | None = None) -> tuple[dict, list[str]]:
     """``model``'s state (float32 copies) out of ``state`` under ``prefix``; every problem as one line."""
-    out, problems, used = {}, [], set()
-    for ours, ref in model.state_dict().items():
-        key = prefix + official(ours)
-        used.add(key)
-        if key not in state:
-            problems.append(f"missing {key}")
-            continue
-        value = state[key]
-        expected = tuple(ref.shape)
-        if conv_as_linear is not None and conv_as_linear.fullmatch(ours):
-            expected += (1, 1)
-        if not isinstance(value, Tensor) or tuple(value.shape) != expected:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            problems.append(f"wrong shape for {key}: expected {expected}, got {shape}")
-        elif not torch.isfinite(value).all():
-            problems.append(f"non-finite values in {key}")
-        else:
-            out[ours] = value.reshape(ref.shape).to(torch.float32, copy=True)
-    problems += [f"unexpected {k}" for k in sorted(state)
-                 if k.startswith(prefix) and k not in used and not (ignored and k.startswith(ignored))]
-    return out, problems
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return collect_state(
+        state, shapes, lambda key: prefix + official(key),
+        source_shape=lambda key, shape: (*shape, 1, 1) if conv_as_linear and conv_as_linear.fullmatch(key) else shape,
+        take=lambda key, value: value.reshape(shapes[key]).to(torch.float32, copy=True), finite=True,
+        foreign=lambda name: name.startswith(prefix) and not (ignored and name.startswith(ignored)))
 
 
 def convert_ldm_state_dict(state: Mapping[str, Tensor], *, num_heads: int = 1, image_size: int = 256,
-                           latent_size: int = 64) -> LatentDiffusionParts:
+                           latent_size: int = 64, what: str = "the latent-diffusion state dict"
+                           ) -> LatentDiffusionParts:
     """CompVis cin256-v2 state dict -> LatentDiffusionParts (float32, eval, no grad), every part loaded strictly.
 
-    Raises ValueError listing every missing, unexpected or wrong-shape key when the weights do not fit the
-    architecture read off the keys.
+    Raises StateDictMismatchError (a ValueError) listing the missing, unexpected, non-finite or wrong-shape keys
+    when the weights (named `what` in the message) do not fit the architecture read off the keys.
     """
     _require(state, [CLASS_EMBEDDING_KEY])
     vq_cfg = vq_config(state, sample_size=image_size)
@@ -273,9 +260,7 @@ def convert_ldm_state_dict(state: Mapping[str, Tensor], *, num_heads: int = 1, i
                         f"context_dim, got {tuple(getattr(table, 'shape', ()))}")
     problems += [f"unexpected {k}" for k in sorted(state)
                  if k.startswith("cond_stage_model.") and k != CLASS_EMBEDDING_KEY]
-    if problems:
-        raise ValueError(f"the weights do not match the architecture read off the keys (VQModel {vq_cfg}; "
-                         f"UNet2DConditionModel {unet_cfg}):\n  " + "\n  ".join(problems))
+    raise_on_problems(problems, what, hint=f" read off its keys (VQModel {vq_cfg}; UNet2DConditionModel {unet_cfg})")
     vae.load_state_dict(vae_state, strict=True, assign=True)
     unet.load_state_dict(unet_state, strict=True, assign=True)
     class_embedding = nn.Embedding.from_pretrained(table.to(torch.float32, copy=True), freeze=True)
@@ -298,7 +283,10 @@ def load_ldm_checkpoint(path: str | Path, *, num_heads: int = 1, image_size: int
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: not a latent-diffusion checkpoint (expected a dict with a 'state_dict')")
     try:
-        return convert_ldm_state_dict(state, num_heads=num_heads, image_size=image_size, latent_size=latent_size)
+        return convert_ldm_state_dict(state, num_heads=num_heads, image_size=image_size, latent_size=latent_size,
+                                      what=str(path))
+    except StateDictMismatchError:
+        raise
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -310,9 +298,9 @@ def save_ldm_parts(parts: LatentDiffusionParts, out_dir: str | Path) -> Path:
     parts.vae.save_pretrained(out / "vqvae")
     parts.unet.save_pretrained(out / "unet")
     table = parts.class_embedding.weight.detach().cpu().contiguous()
-    save_file({"weight": table}, out / _EMBEDDING_FILE)
+    atomic_write(out / _EMBEDDING_FILE, lambda f: f.write(save({"weight": table})))
     meta = {"null_class": parts.null_class, "num_classes": table.shape[0], "embedding_dim": table.shape[1]}
-    (out / _PARTS_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / _PARTS_JSON, json.dumps(meta, indent=2) + "\n")  # last: it marks the folder complete
     return out
 
 
@@ -323,7 +311,8 @@ def load_ldm_parts(folder: str | Path) -> LatentDiffusionParts:
               folder / _PARTS_JSON]
     if missing := [str(p) for p in needed if not p.is_file()]:
         raise FileNotFoundError(f"{folder} is not a converted latent-diffusion folder: missing {missing}. Create it "
-                                "with: python -m ood_lightning.detectors.diffguard.ldm_checkpoint MODEL_CKPT OUT_DIR")
+                                "with: python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint MODEL_CKPT "
+                                "OUT_DIR")
     meta = json.loads((folder / _PARTS_JSON).read_text())
     table = load_file(folder / _EMBEDDING_FILE)["weight"]
     if tuple(table.shape) != (meta["num_classes"], meta["embedding_dim"]) or not 0 <= meta["null_class"] < len(table):
@@ -338,11 +327,11 @@ def load_ldm_parts(folder: str | Path) -> LatentDiffusionParts:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m ood_lightning.detectors.diffguard.ldm_checkpoint",
+        prog="python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert CompVis latent-diffusion's cin256-v2 model.ckpt into a diffusers-style folder\n"
                     "(vqvae/, unet/, class_embedding.safetensors, ldm_parts.json) that load_ldm_parts reads.",
-        epilog="example:\n  python -m ood_lightning.detectors.diffguard.ldm_checkpoint "
+        epilog="example:\n  python -m ood_lightning.detectors.diffguard.ldm.compvis_checkpoint "
                "checkpoints/cin256-v2/model.ckpt checkpoints/ldm-cin256-v2")
     parser.add_argument("checkpoint", type=Path, help="CompVis model.ckpt ({'state_dict': ...})")
     parser.add_argument("out_dir", type=Path, help="folder to write (created if needed)")

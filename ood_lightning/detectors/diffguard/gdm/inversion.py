@@ -15,20 +15,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .ddim import RespacedSchedule, ddim_step, eps_from_x0, x0_from_eps
+from ood_lightning.ddim import DDIMTable, ddim_step, eps_from_x0, x0_from_eps
 
-EpsFn = Callable[[Tensor, int, Tensor], Tensor]  # (x of the rows, respaced index, row indices) -> epsilon
+RespacedEpsFn = Callable[[Tensor, int, Tensor], Tensor]  # (x of the rows, respaced index, row indices) -> epsilon
 StopFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (latents, inputs, row indices) -> bool: stop these rows
 
 
-def invert(eps_fn: EpsFn, x: Tensor, schedule: RespacedSchedule, max_steps: int, stop_fn: StopFn | None = None,
+def invert(eps_fn: RespacedEpsFn, x: Tensor, table: DDIMTable, max_steps: int, stop_fn: StopFn | None = None,
            clip: bool = True) -> tuple[Tensor, Tensor]:
-    """Invert images x ([B, C, H, W] in [-1, 1]) for at most `max_steps` steps.
+    """Invert images x ([B, C, H, W] in [-1, 1]) up the rows of the inversion `table` for at most `max_steps`.
 
     Returns the latents [B, C, H, W] (sample b at level stop[b] + 1) and the stop indices [B] (int64).
     """
-    if not 0 < max_steps <= schedule.num_steps:
-        raise ValueError(f"max_steps must be in [1, {schedule.num_steps}], got {max_steps}")
+    if not 0 < max_steps <= len(table):
+        raise ValueError(f"max_steps must be in [1, {len(table)}], got {max_steps}")
     latent = x.clone()
     stop = torch.full((len(x),), max_steps - 1, dtype=torch.int64, device=x.device)
     moving = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -38,12 +38,12 @@ def invert(eps_fn: EpsFn, x: Tensor, schedule: RespacedSchedule, max_steps: int,
             break
         x_i = latent[rows]
         eps = eps_fn(x_i, i, rows)
-        a = schedule.alpha_bar(i)
+        a = float(table.alpha_bar[i])
         x0 = x0_from_eps(x_i, eps, a)
         if clip and i > 0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = eps_from_x0(x_i, x0, a)
-        latent[rows] = x_next = ddim_step(x0, eps, schedule.alpha_bar(i + 1))
+        latent[rows] = x_next = ddim_step(x0, eps, float(table.alpha_bar_to[i]))
         if stop_fn is not None and i < max_steps - 1:
             stopped = rows[stop_fn(x_next, x[rows], rows)]
             stop[stopped] = i
