@@ -271,7 +271,7 @@ def test_static_padding_equals_dynamic_at_its_own_size(lite0_random):
 
 
 def test_b4_static_380_padding_differs_from_dynamic_only_in_block_6(b4_static):
-    """lfdn-reference §1.2: at 224 px the reference's static (380 px) pads differ only at blocks.2.0.conv_dw."""
+    """docs/lfdn.md (Encoder): at 224 px the reference's static (380 px) pads differ only at blocks.2.0.conv_dw."""
     backbone = b4_static.backbone
     seen = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0].shape[-2:]))
