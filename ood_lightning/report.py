@@ -347,8 +347,10 @@ def rescore(
     out = Path(out_dir) if out_dir is not None else results_dir
     previous_path = results_dir / "results.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
-    per_set = load_scores(results_dir / SCORES_DIR, order=previous.get("ood_sets", ()),
-                          skipped=previous.get("n_skipped"))
+    # The set order is results.json's "ood_sets"; a results.json written before that key existed (first format)
+    # listed its sets only as the keys of "n_skipped", in the order they were tested.
+    order = previous["ood_sets"] if "ood_sets" in previous else list(previous.get("n_skipped", ()))
+    per_set = load_scores(results_dir / SCORES_DIR, order=order, skipped=previous.get("n_skipped"))
     if ID_SET not in per_set:
         raise FileNotFoundError(f"{results_dir / SCORES_DIR} has no {ID_SET}.npz (the in-distribution scores)")
     selected = per_set

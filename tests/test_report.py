@@ -193,6 +193,19 @@ def test_rescore_reproduces_results_and_selects_scores(tmp_path):
         report.rescore(tmp_path, scores=["nope"], plots=False, quiet=True)
 
 
+def test_rescore_keeps_the_set_order_and_the_detectors_entries(tmp_path):
+    per_set = _fake_per_set()
+    per_set = {"id": per_set["id"], "c": per_set["c"], "a": per_set["a"], "b": per_set["b"]}  # not sorted by name
+    res = _results(per_set)
+    res["n_skipped"] = dict(sorted(res["n_skipped"].items()))  # a dict whose order says nothing (as JSON may give)
+    res["fusion"] = {"low": 0.5, "high": 1.5, "tiers": {"a": {"band": 3}}}  # a detector's own block
+    report.write_results(tmp_path, res, per_set, plots=False)
+    again = report.rescore(tmp_path, out_dir=tmp_path / "again", plots=False, quiet=True)
+    assert again["ood_sets"] == ["c", "a", "b"] and list(again["scores"]["dist"])[:3] == ["c", "a", "b"]
+    assert again["fusion"] == res["fusion"]
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["fusion"] == res["fusion"]
+
+
 def test_rescore_without_results_json_or_npz(tmp_path):
     per_set = _fake_per_set()
     report.save_scores(tmp_path / "scores", per_set)
