@@ -149,23 +149,21 @@ class Study:
         done = self.folder(name) / "results.json"
         return json.loads(done.read_text()) if done.is_file() else None
 
-    def run(self, name: str, setting: Setting) -> bool:
-        """Run one stage (skipped if done); False when it failed, which is recorded and does not stop the study."""
-        if setting.scoring_only and self.checkpoint("default") is None:
-            print(f"[{name}] waits for the default stage's checkpoint", flush=True)
-            return False
+    def run(self, name: str, setting: Setting) -> None:
+        """Run one stage (skipped if done); a failure is recorded in failed.json and does not stop the study. A
+        scoring-only stage waits until the default stage has finished (a checkpoint alone may be mid-training)."""
+        if setting.scoring_only and self.results("default") is None:
+            print(f"[{name}] waits for the default stage to finish", flush=True)
+            return
         failed_file = self.out / "failed.json"
         failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
         try:
             run_stages([self.stage(name, setting)], [], self.out)
             failed.pop(name, None)
-            ok = True
         except (subprocess.CalledProcessError, SystemExit) as error:
             print(f"[{name}] failed: {error}", flush=True)
             failed[name] = str(error)
-            ok = False
         atomic_write_text(failed_file, json.dumps(failed, indent=2) + "\n")
-        return ok
 
 
 # --- tables ---------------------------------------------------------------------------------------------------------
