@@ -43,7 +43,9 @@ class Evaluation(L.Callback):
         self.plots = plots
         self.run_config = run_config
         self.results: dict | None = None
-        self.collectors: dict[str, ScoreCollector] = {}
+        self.collectors: dict[str, ScoreCollector] = {}  # per test set, from on_test_start
+        self.set_names: list[str] = []
+        self.folder: Path | None = None
 
     def output_dir(self, trainer: L.Trainer) -> Path:
         """The results folder (see `results_dir`). Call on every rank: rank 0's run folder is broadcast."""

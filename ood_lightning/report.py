@@ -45,14 +45,15 @@ PLOTS_DIR = "plots"
 
 # ----------------------------------------------------------------------------------------------- run identity
 # Keys that say where a run writes or how it is executed, not what is scored: left out of config_hash, so one
-# evaluation on 1 or 8 GPUs, with or without W&B, into any folder, has one hash. ("devices" and "num_nodes" do
-# change a *training* run's global batch; config.yaml beside the results records them.)
+# evaluation on 1 or 8 GPUs, with or without W&B, into any folder, has one hash (the results folder, --results_dir,
+# is a top-level option outside the hashed sections). ("devices" and "num_nodes" do change a *training* run's
+# global batch; config.yaml beside the results records them.)
 _EXECUTION_KEYS = {
     "trainer": {"accelerator", "strategy", "devices", "num_nodes", "logger", "callbacks", "default_root_dir",
                 "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "log_every_n_steps",
                 "profiler", "num_sanity_val_steps", "barebones", "detect_anomaly", "model_registry",
                 "enable_autolog_hparams", "plugins"},
-    "model": {"results_dir", "cache_dir"},
+    "model": {"cache_dir"},
     "data": {"num_workers"},
     None: {"ckpt_path", "config"},  # top level; the checkpoint is recorded separately in results.json
 }

@@ -134,16 +134,16 @@ def test_atomic_write_keeps_previous_file_when_the_writer_dies(tmp_path):
 
 
 def test_config_hash():
-    base = {"seed_everything": 0, "model": {"class_path": "x.Y", "init_args": {"lr": 1e-3, "results_dir": "a"}},
+    base = {"seed_everything": 0, "model": {"class_path": "x.Y", "init_args": {"lr": 1e-3, "cache_dir": "a"}},
             "data": {"benchmark": "digits", "num_workers": 0}, "trainer": {"max_epochs": 3, "devices": 1}}
     h = report.config_hash(base)
     assert len(h) == 16 and int(h, 16) >= 0
     reordered = {"trainer": {"devices": 1, "max_epochs": 3}, "data": {"num_workers": 0, "benchmark": "digits"},
-                 "model": {"init_args": {"results_dir": "a", "lr": 1e-3}, "class_path": "x.Y"}, "seed_everything": 0}
+                 "model": {"init_args": {"cache_dir": "a", "lr": 1e-3}, "class_path": "x.Y"}, "seed_everything": 0}
     assert report.config_hash(reordered) == h
-    # where results go / how many processes run: same hash
+    # where features are cached / how many processes run: same hash
     moved = json.loads(json.dumps(base))
-    moved["model"]["init_args"]["results_dir"] = "elsewhere"
+    moved["model"]["init_args"]["cache_dir"] = "elsewhere"
     moved["data"]["num_workers"] = 8
     moved["trainer"]["devices"] = 4
     assert report.config_hash(moved) == h

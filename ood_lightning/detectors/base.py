@@ -30,11 +30,8 @@ class OODDetector(L.LightningModule):
     score_names: tuple[str, ...] = ()
     extra_names: tuple[str, ...] = ()
 
-    def __init__(self, results_dir: None = None):
+    def __init__(self):
         super().__init__()
-        if results_dir is not None:
-            raise ValueError(f"results_dir {results_dir!r}: detectors write no files any more; give the results "
-                             "folder to the evaluation instead (--results_dir on the command line)")
         self.shown: list[tuple[str, Tensor, str | None]] = []
 
     @property
