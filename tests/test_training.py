@@ -97,7 +97,7 @@ def test_train_py_exports_an_ema_unet_diffguard_loads(diffusion_run):
                        num_classes=5, num_steps=10, max_inversion_steps=5, stop_dists_similarity=None,
                        similarities=["l2"], cutouts=0, cutout_size=16, null_class=info["null_class"])
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    expected = unet(x, torch.full((2,), gdm.schedule.timesteps[3]), class_labels=torch.full((2,), 5)).sample
+    expected = unet(x, torch.full((2,), gdm.inversion_table.timesteps[3]), class_labels=torch.full((2,), 5)).sample
     torch.testing.assert_close(gdm.eps(x, 3, torch.arange(2)), expected)
 
 
