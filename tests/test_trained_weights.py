@@ -74,7 +74,7 @@ def test_one_checkpoint_without_the_pretrained_backbone_but_with_what_it_was_tra
     checkpoint = load_checkpoint(last(root))
     keys = checkpoint["state_dict"].keys()
     assert not [key for key in keys if key.startswith("backbone.")]
-    assert {key.split(".")[0] for key in keys} == {"net", "ema", "ema_first", "ema_updates"}
+    assert {key.split(".")[0] for key in keys} == {"net", "ema", "ema_first", "ema_updates", "ema_first_updates"}
     record = checkpoint[PREPROCESSING]
     assert (record["data.image_size"], record["data.center_crop"]) == (32, None)
     assert record["model.backbone.model_name"] == "tf_efficientnet_lite0"
