@@ -13,7 +13,6 @@ configs/classifier/) trains a model DiffGuard uses and exports it for the DiffGu
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from ood_lightning.cli import make_cli
@@ -28,8 +27,6 @@ def main(args: list[str] | None = None) -> None:
         print("No arguments: running the offline demo (configs/lfdn/digits_demo.yaml).")
         args = ["--config", str(DEMO_CONFIG)]
     cli = make_cli(args, description=__doc__)  # None: LightningCLI reads sys.argv itself
-    # The datamodule offers its ID test split for validation (the training configs validate); detectors do not.
-    warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
     ckpt_path = cli.checkpoint_path()
     with cli.checkpoint_errors_explained(ckpt_path):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)

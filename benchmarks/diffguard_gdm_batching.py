@@ -30,6 +30,7 @@ from lfdn_cifar10_jpeg import ensure_extracted
 
 from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+from ood_lightning.evaluation import Evaluation
 from ood_lightning.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) ->
     model = DiffGuardGDM(diffusion_model=str(unet_dir), classifier=args.classifier,
                          classifier_weights=args.classifier_weights, num_classes=args.num_classes,
                          stop_dists_similarity=None, cutouts=0, cutout_size=32, similarities=["logits_l1", "l2"],
-                         null_class=args.null_class, grid_images=0, results_dir=str(out))
+                         null_class=args.null_class, grid_images=0)
     if args.id_test:  # your own folders
         dm = OODDataModule(benchmark="folders", id_test=args.id_test, ood={"ood": args.ood}, image_size=32,
                            batch_size=batch_size, eval_subset=args.images, train=False)
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) ->
     dm.setup("test")
     dm.test_sets = dict(list(dm.test_sets.items())[:2])  # "id" and the first OOD set
     trainer = L.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(out))
+                        enable_model_summary=False, default_root_dir=str(out),
+                        callbacks=[Evaluation(results_dir=str(out), plots=False)])
     start = time.perf_counter()
     trainer.test(model, datamodule=dm, verbose=False)
     wall = time.perf_counter() - start

@@ -25,3 +25,7 @@ class UnsafeCheckpointError(UserFixableError, ValueError):
 
 class StateDictMismatchError(UserFixableError, ValueError):
     """A weight file's tensors do not fit the model built from the config (missing, extra or wrongly shaped keys)."""
+
+
+class UnlabelledSetError(UserFixableError, ValueError):
+    """A mode that needs each image's class label (DiffGuard's oracle) met an in-distribution image without one."""

@@ -15,6 +15,8 @@ from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curv
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
+from ood_lightning.data.sources import NO_LABEL
+
 __all__ = [
     "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood",
     "METRICS", "ood_metrics", "group_means", "ScoreCollector",
@@ -197,7 +199,7 @@ class ScoreCollector(torchmetrics.Metric):
         if self.with_labels:
             # appended on every update, always int64, so every rank gathers the same dtype
             if labels is None:
-                labels = torch.full_like(index, -1)
+                labels = torch.full_like(index, NO_LABEL)
             labels = torch.as_tensor(labels, device=self.device).reshape(-1).long()
             if labels.numel() != index.numel():
                 raise ValueError(f"{labels.numel()} labels for {index.numel()} indices")

@@ -49,6 +49,7 @@ class Mutant:
     tests: tuple[str, ...]
     what: str
     earlier: tuple[tuple[tuple[str, str], ...], ...] = ()  # the same mutation as written for older code (--rev)
+    moved_from: tuple[str, ...] = ()  # where the file was in older code (--rev)
 
 
 M = "ood_lightning/metrics.py"
@@ -56,8 +57,10 @@ R = "ood_lightning/report.py"
 LM = "ood_lightning/detectors/lfdn/module.py"
 LD = "ood_lightning/detectors/lfdn/diffusion.py"
 LS = "ood_lightning/detectors/lfdn/scores.py"
-LDM = "ood_lightning/detectors/diffguard/ldm.py"
-GDM = "ood_lightning/detectors/diffguard/gdm.py"
+LDM = "ood_lightning/detectors/diffguard/ldm/detector.py"
+GDM = "ood_lightning/detectors/diffguard/gdm/detector.py"
+OLD_LDM = ("ood_lightning/detectors/diffguard/ldm.py",)  # before the one-folder-per-pipeline restructure
+OLD_GDM = ("ood_lightning/detectors/diffguard/gdm.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---- metrics.py: which function fills which column, and the formulas
@@ -112,27 +115,31 @@ MUTANTS: tuple[Mutant, ...] = (
            CONFIG_TESTS + LFDN_TESTS, "LFDN DDIM eta 1 -> 0 (deterministic reconstruction)"),
     Mutant("M20", LM, (("if self.current_epoch == 0:", "if True:"),),
            LFDN_TESTS, "the first-epoch EMA is overwritten every epoch (LR compares the last two epochs)"),
-    Mutant("M21", LD, (("return self.ab(t - 1), self.ab(max(t - 2, 0))", "return self.ab(t), self.ab(t - 1)"),),
-           LFDN_TESTS, "the reference sampler without its off-by-one alpha tables"),
+    Mutant("M21", LD, (("pairs = [(self.ab(s - 1), self.ab(max(s - 2, 0))) for s in steps]",
+                        "pairs = [(self.ab(s), self.ab(s - 1)) for s in steps]"),),
+           LFDN_TESTS, "the reference sampler without its off-by-one alpha tables",
+           earlier=((("return self.ab(t - 1), self.ab(max(t - 2, 0))", "return self.ab(t), self.ab(t - 1)"),),)),
     Mutant("M22", LS, (("return (z - z_hat).pow(2).sum(dim=1)", "return (z - z_hat).pow(2).mean(dim=1)"),),
            LFDN_TESTS, "MSE averaged instead of summed over features"),
     # ---- DiffGuard: classifier-free path (LDM)
     Mutant("M23", LDM, (("torch.cat([target, torch.full_like(target, null)])", "torch.cat([target, target])"),),
-           LDM_TESTS, "the LDM unguided twin is guided toward the target like the synthesis"),
-    Mutant("M24", LDM, (("torch.where(mask, guided, eps_uncond)", "torch.where(mask, eps_uncond, guided)"),),
-           LDM_TESTS, "guidance applied outside the Grad-CAM mask instead of inside"),
+           LDM_TESTS, "the LDM unguided twin is guided toward the target like the synthesis", moved_from=OLD_LDM),
+    Mutant("M24", "ood_lightning/ddim.py", (("torch.where(mask, guided, eps_null)", "torch.where(mask, eps_null, guided)"),),
+           LDM_TESTS, "guidance applied outside the Grad-CAM mask instead of inside",
+           earlier=((("torch.where(mask, guided, eps_uncond)", "torch.where(mask, eps_uncond, guided)"),),), moved_from=OLD_LDM),
     Mutant("M25", LDM, (("guidance_scale: float = 10.0,", "guidance_scale: float = 3.0,"),),
-           CONFIG_TESTS + LDM_TESTS, "LDM default guidance scale 10 -> 3"),
+           CONFIG_TESTS + LDM_TESTS, "LDM default guidance scale 10 -> 3", moved_from=OLD_LDM),
     Mutant("M26", LDM, (("cam_cut: float = 0.3,", "cam_cut: float = 0.2,"),),
-           CONFIG_TESTS + LDM_TESTS, "LDM default Grad-CAM cut 0.3 -> 0.2 (the paper's best, not the released)"),
+           CONFIG_TESTS + LDM_TESTS, "LDM default Grad-CAM cut 0.3 -> 0.2 (the paper's best, not the released)", moved_from=OLD_LDM),
     # ---- DiffGuard: classifier-guided path (GDM)
     Mutant("M27", GDM, (("stop_psnr: float | None = 6.39,", "stop_psnr: float | None = 48.5,"),),
-           CONFIG_TESTS + GDM_UNIT_TESTS, "GDM default PSNR stop in the reference's 255-peak units (48.5)"),
+           CONFIG_TESTS + GDM_UNIT_TESTS, "GDM default PSNR stop in the reference's 255-peak units (48.5)", moved_from=OLD_GDM),
     Mutant("M28", GDM, (("stop_dists_similarity: float | None = 0.38,", "stop_dists_similarity: float | None = 0.37,"),),
-           CONFIG_TESTS + GDM_UNIT_TESTS, "GDM default DISTS stop 0.38 -> 0.37 (the conf file's, not exp6.1's)"),
-    Mutant("M29", "ood_lightning/detectors/diffguard/guidance.py",
+           CONFIG_TESTS + GDM_UNIT_TESTS, "GDM default DISTS stop 0.38 -> 0.37 (the conf file's, not exp6.1's)", moved_from=OLD_GDM),
+    Mutant("M29", "ood_lightning/detectors/diffguard/gdm/guidance.py",
            (("return eps - math.sqrt(1.0 - alpha_bar) * g", "return eps + math.sqrt(1.0 - alpha_bar) * g"),),
-           GDM_UNIT_TESTS, "classifier guidance with the paper's printed '+' sign (pushes away from the label)"),
+           GDM_UNIT_TESTS, "classifier guidance with the paper's printed '+' sign (pushes away from the label)",
+           moved_from=("ood_lightning/detectors/diffguard/guidance.py",)),
     Mutant("M30", "ood_lightning/detectors/diffguard/similarity.py",
            (("mse = ((x.float() - y.float()) / 2).square()", "mse = (x.float() - y.float()).square()"),),
            GDM_UNIT_TESTS, "PSNR of the early-stop rule on the [-1, 1] scale instead of [0, 1]"),
@@ -178,7 +185,7 @@ def run_tests(tests: list[str], tree: Path, python: str, timeout: float) -> tupl
 
 def run_mutant(mutant: Mutant, tree: Path, python: str, timeout: float, control: dict) -> tuple[str, float, str]:
     """Apply, test, restore; returns (status, seconds, the first failure or why it did not run)."""
-    path = tree / mutant.path
+    path = next((tree / p for p in (mutant.path, *mutant.moved_from) if (tree / p).is_file()), tree / mutant.path)
     original = path.read_text()
     for edits in (mutant.edits, *mutant.earlier):  # the first form whose original text is there exactly once
         if all(original.count(old) == 1 for old, _ in edits):

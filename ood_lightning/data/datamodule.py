@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .feature_cache import BatchInputs, CachedFeatures, cached_features
 from .presets import build_benchmark, default_transform
-from .sources import subset
+from .sources import NO_LABEL, subset
 
 
 def _is_skipped(item: dict | None) -> bool:
@@ -43,7 +43,7 @@ def collate(items: list[dict | None]) -> dict:
     if kept:
         batch = {key: _stack([item[key] for item in kept]) for key in kept[0]}
     else:
-        template = next((item for item in items if item is not None), {"image": None, "label": -1, "index": -1})
+        template = next((item for item in items if item is not None), {"image": None, "label": NO_LABEL, "index": -1})
         batch = {key: _empty(value) for key, value in template.items()}
     batch["skipped"] = torch.tensor(skipped, dtype=torch.int64)
     return batch

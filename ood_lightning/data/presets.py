@@ -16,8 +16,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .sources import (DigitsSource, FileSource, ImageFolderSource, ImageListSource, TorchvisionSource, Transform,
-                      subset)
+from .sources import (NO_LABEL, DigitsSource, FileSource, ImageFolderSource, ImageListSource, TorchvisionSource,
+                      Transform, subset)
 
 ID_SET = "id"  # the name of the in-distribution test set among a benchmark's test sets; the OOD sets keep theirs
 
@@ -189,7 +189,7 @@ def _mnist_digits(name: str, root: Path, digits: range, part: str, transform: Tr
     folder = root / "mnist/test"
 
     def build() -> FileSource:
-        samples = [(path, -1 if ood else label) for label, digit in enumerate(digits)
+        samples = [(path, NO_LABEL if ood else label) for label, digit in enumerate(digits)
                    for path in sorted((folder / str(digit)).glob("*.jpg"))
                    if part == "all" or (int(path.stem) % 5 == 0) == (part == "test")]
         return FileSource(folder, samples, name, transform, classes=() if ood else [str(d) for d in digits])
@@ -259,7 +259,7 @@ def _tin_half(name: str, root: Path, half: str, transform: Transform) -> SetSpec
     folder = root / "tin/val"
 
     def build() -> FileSource:
-        samples = [(path, -1) for path in sorted(folder.glob("*.jpg")) if tin_half(path.name) == half]
+        samples = [(path, NO_LABEL) for path in sorted(folder.glob("*.jpg")) if tin_half(path.name) == half]
         if not samples:
             raise FileNotFoundError(f"{folder} holds no val_<number>.jpg file of the {half} half")
         return FileSource(folder, samples, name, transform)

@@ -10,6 +10,7 @@ from ood_lightning.classifiers import build_classifier
 from ood_lightning.data.presets import ID_SET
 from ood_lightning.data.sources import NO_LABEL
 from ood_lightning.detectors.base import OODDetector
+from ood_lightning.errors import UnlabelledSetError
 from ood_lightning.noise import sample_seed
 
 from .similarity import build_distance
@@ -60,7 +61,7 @@ class DiffGuardDetector(OODDetector):
         if dataset == ID_SET:
             labels = batch["label"]
             if (labels == NO_LABEL).any():
-                raise ValueError(
+                raise UnlabelledSetError(
                     f"oracle: true guides in-distribution images toward their true label, but the "
                     f"in-distribution set '{ID_SET}' has images without one (label {NO_LABEL}; e.g. a folders "
                     "benchmark whose in-distribution folder has no class subfolders). Give the in-distribution "
