@@ -1,1 +1,37 @@
-"""Diffusion-based out-of-distribution detection on PyTorch Lightning."""
+"""Diffusion-based out-of-distribution detection on PyTorch Lightning.
+
+The public API, importable from here (each loaded on first use, so `import ood_lightning` stays light):
+
+    detectors    OODDetector (the interface), LFDNDetector, DiffGuardGDM, DiffGuardLDM, ClassifierBaselines,
+                 CascadeFusion
+    data         OODDataModule (benchmark presets, the feature cache), MultiLayerFeatures (frozen backbones),
+                 build_classifier (classifiers-under-protection)
+    evaluation   Evaluation (the Lightning callback that writes the results), rescore (tables from saved scores)
+    files        load_checkpoint (never runs code from a file)
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+from ood_lightning.detectors import DETECTORS
+
+_EXPORTS = {
+    **DETECTORS,
+    "OODDataModule": "ood_lightning.data",
+    "MultiLayerFeatures": "ood_lightning.backbones",
+    "build_classifier": "ood_lightning.classifiers",
+    "Evaluation": "ood_lightning.evaluation",
+    "rescore": "ood_lightning.report",
+    "load_checkpoint": "ood_lightning.io",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ood_lightning' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,1 +1,21 @@
-"""OOD detectors: each turns a batch into per-sample OOD scores (higher = more OOD)."""
+"""OOD detectors: each turns a batch into per-sample OOD scores (higher = more OOD) through the one interface of
+`base.OODDetector`. The detectors are importable from here too (loaded on first use)."""
+from __future__ import annotations
+
+from importlib import import_module
+
+DETECTORS = {  # name -> the module that defines or re-exports it
+    "OODDetector": "ood_lightning.detectors.base",
+    "LFDNDetector": "ood_lightning.detectors.lfdn",
+    "DiffGuardGDM": "ood_lightning.detectors.diffguard.gdm",
+    "DiffGuardLDM": "ood_lightning.detectors.diffguard.ldm",
+    "ClassifierBaselines": "ood_lightning.detectors.baselines",
+    "CascadeFusion": "ood_lightning.detectors.fusion",
+}
+__all__ = sorted(DETECTORS)
+
+
+def __getattr__(name: str):
+    if name not in DETECTORS:
+        raise AttributeError(f"module 'ood_lightning.detectors' has no attribute {name!r}")
+    return getattr(import_module(DETECTORS[name]), name)
