@@ -11,11 +11,10 @@ The public API, importable from here (each loaded on first use, so `import ood_l
 """
 from __future__ import annotations
 
-from importlib import import_module
-
 from ood_lightning.detectors import DETECTORS
+from ood_lightning.lazy_exports import lazy_exports
 
-_EXPORTS = {
+EXPORTS = {
     **DETECTORS,
     "OODDataModule": "ood_lightning.data",
     "MultiLayerFeatures": "ood_lightning.backbones",
@@ -24,14 +23,5 @@ _EXPORTS = {
     "rescore": "ood_lightning.report",
     "load_checkpoint": "ood_lightning.io",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ood_lightning' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

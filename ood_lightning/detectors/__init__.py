@@ -2,7 +2,7 @@
 `base.OODDetector`. The detectors are importable from here too (loaded on first use)."""
 from __future__ import annotations
 
-from importlib import import_module
+from ood_lightning.lazy_exports import lazy_exports
 
 DETECTORS = {  # name -> the module that defines or re-exports it
     "OODDetector": "ood_lightning.detectors.base",
@@ -13,9 +13,4 @@ DETECTORS = {  # name -> the module that defines or re-exports it
     "CascadeFusion": "ood_lightning.detectors.fusion",
 }
 __all__ = sorted(DETECTORS)
-
-
-def __getattr__(name: str):
-    if name not in DETECTORS:
-        raise AttributeError(f"module 'ood_lightning.detectors' has no attribute {name!r}")
-    return getattr(import_module(DETECTORS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, DETECTORS)
