@@ -31,8 +31,8 @@ def test_misspelt_key_fails_with_the_key(capsys):
 
 
 # ------------------------------------------------------------------------------------------ released values
-# The numbers the published results were computed with (../shared/specs: lfdn-reference sections 3-5 and 7,
-# diffguard-reference sections 2-3). A config or a default that drifts from them silently changes every result.
+# The numbers the published results were computed with (docs/lfdn.md: Schedule and reconstruction, Scores;
+# docs/diffguard.md: Released settings). A config or a default that drifts from them silently changes every result.
 PSNR_48_5 = 48.5 - 20 * math.log10(127.5)  # the reference's 255-peak PSNR on [-1, 1] tensors, in standard dB: 6.39
 LFDN_REFERENCE = {  # scoring and training arithmetic of the released LFDN code
     "num_timesteps": 100, "beta_start": 0.0015, "beta_end": 0.0195, "start_index": 3, "eta": 1.0,
