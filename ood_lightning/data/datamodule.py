@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .feature_cache import BatchInputs, CachedFeatures, cached_features
-from .presets import build_benchmark, default_transform
+from .presets import ID_SET, build_benchmark, default_transform
 from .sources import NO_LABEL, subset
 
 
@@ -130,8 +130,7 @@ class OODDataModule(L.LightningDataModule):
             self.train_set = self.served(self.train_set, "train")
             if not len(self.train_set):
                 raise RuntimeError(f"train: no image could be read ({len(getattr(self.train_set, 'skipped', ()))} "
-                                   "unreadable); the "
-                                   "model learns from the in-distribution train images")
+                                   "unreadable); the model learns from the in-distribution train images")
         if stage == "test":
             self.test_sets = {name: self.served(dataset, name) for name, dataset in self.test_sets.items()}
 
@@ -158,12 +157,12 @@ class OODDataModule(L.LightningDataModule):
 
     def _build_sets(self) -> None:
         benchmark = self._build()
-        if "id" in benchmark.ood:
-            raise ValueError("'id' names the in-distribution test set; rename the OOD set called 'id'")
+        if ID_SET in benchmark.ood:
+            raise ValueError(f"'{ID_SET}' names the in-distribution test set; rename the OOD set called '{ID_SET}'")
         hp = self.hparams
         train_set = benchmark.id_train
         self.train_set = None if train_set is None else subset(train_set, hp.train_subset, hp.data_seed)
-        sets = {"id": benchmark.id_test, **benchmark.ood}
+        sets = {ID_SET: benchmark.id_test, **benchmark.ood}
         self.test_sets = {name: subset(ds, hp.eval_subset, hp.data_seed) for name, ds in sets.items()}
         self.groups = benchmark.groups
         self.id_name = benchmark.id_name
@@ -202,7 +201,7 @@ class OODDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """The in-distribution test set, for models that validate while they train (configs/classifier/,
         configs/diffusion/); models without a validation_step (the detectors) skip it."""
-        return self.loader(self.test_sets["id"])
+        return self.loader(self.test_sets[ID_SET])
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test set, in `test_sets` order: "id" first, then the OOD sets."""
