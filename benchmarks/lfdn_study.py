@@ -13,9 +13,10 @@ the others at the default, and its row with the highest tin_val AUROC of the `ms
 done, a last stage trains the combination of the winners, and its score is chosen on tin_val too.
 
 Stages run train.py (or evaluate.py on a trained stage's checkpoint, for settings that act at scoring only) with
-config overrides, each in runs/lfdn_study/<stage>/; a stage whose results.json exists is skipped, a stage that
-fails is recorded and the others go on, so the study can be stopped and rerun at any time. All stages share one
-feature cache: settings that leave the features alone (epochs, width, depth, scoring) never run the backbone again.
+config overrides, each in runs/lfdn_study/<stage>/; a stage whose results.json exists is skipped, a stage stopped
+mid-training resumes from its last.ckpt, a stage that fails is recorded and the others go on, so the study can be
+stopped and rerun at any time. All stages share one feature cache: settings that leave the features alone (epochs,
+width, depth, scoring) never run the backbone again.
 Stages run cheapest-and-most-informative first: scoring settings (no training), epochs (no extraction, and the LR
 sign question), backbone, input size, training-set size, width / depth, taps.
 
@@ -142,7 +143,8 @@ class Study:
             ckpt = self.checkpoint("default")
             command = ["evaluate.py", *common, "--ckpt_path", str(ckpt), *setting.overrides]
         else:
-            command = ["train.py", *common, *setting.overrides]
+            resume = self.checkpoint(name)  # a stage stopped mid-training goes on from its last epoch
+            command = ["train.py", *common, *setting.overrides, *(["--ckpt_path", str(resume)] if resume else [])]
         return Stage(name, command, folder / "results.json")
 
     def results(self, name: str) -> dict | None:
