@@ -17,7 +17,7 @@ here so their parameter names are exactly those of the published weight files an
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,17 @@ __all__ = ["CLASSIFIERS", "ArchSpec", "Classifier", "build_classifier"]
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.244, 0.262)  # ../shared/weights/README.md (DenseNet)
 OPENOOD_CIFAR_MEAN, OPENOOD_CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # OpenOOD preprocessor
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class _PooledMaps:
+    """The written-out networks end in maps -> global average pool -> `head`: the penultimate feature is the pooled
+    last feature map, which map-based detectors (ASH, SCALE, ReAct) read before the pool."""
+
+    def pool_maps(self, maps: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(maps, 1).flatten(1)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.pool_maps(self.forward_feature_maps(x))
 
 
 # --------------------------------------------------------------------------------------------- DenseNet-BC
@@ -70,7 +81,7 @@ class _Transition(nn.Module):
         return F.avg_pool2d(self.conv1(F.relu(self.bn1(x))), 2)
 
 
-class DenseNetBC(nn.Module):
+class DenseNetBC(_PooledMaps, nn.Module):
     """DenseNet-BC for 32 px images (Huang et al. 2017): depth 100 = 3 blocks of 16 bottleneck layers, growth 12,
     compression 0.5; channels 24 -> 216 -> 108 -> 300 -> 150 -> 342, then BN-ReLU-global pool -> `output_layer`."""
 
@@ -94,10 +105,10 @@ class DenseNetBC(nn.Module):
     def head(self) -> nn.Linear:
         return self.output_layer
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
         e = self.encoder
         x = e.trans2(e.block2(e.trans1(e.block1(e.conv1(x)))))
-        return F.adaptive_avg_pool2d(F.relu(e.bn1(e.block3(x))), 1).flatten(1)
+        return F.relu(e.bn1(e.block3(x)))
 
 
 # ------------------------------------------------------------------------------------------ CIFAR ResNets
@@ -128,7 +139,7 @@ class _BasicBlock(nn.Module):
         return F.relu(out + skip)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(_PooledMaps, nn.Module):
     """3x3 stem (no max-pool) and stages of basic blocks at 32/16/8(/4) px, global pool, linear head.
 
     `widths=(16, 32, 64)`, `blocks=(n,)*3`, shortcut "A", head `linear`: ResNet-(6n+2) of He et al. 2016;
@@ -154,14 +165,14 @@ class CifarResNet(nn.Module):
     def head(self) -> nn.Linear:
         return getattr(self, self.head_name)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x
 
 
-class TorchvisionResNet50(ResNet):
+class TorchvisionResNet50(_PooledMaps, ResNet):
     """torchvision's ResNet-50 (timm's `resnet50` uses the same key names); features = the 2048-d pooled vector."""
 
     def __init__(self, num_classes: int = 1000):
@@ -171,9 +182,9 @@ class TorchvisionResNet50(ResNet):
     def head(self) -> nn.Linear:
         return self.fc
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(x))))).flatten(1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -224,12 +235,134 @@ CLASSIFIERS: dict[str, ArchSpec] = {
 }
 
 
+# ------------------------------------------------------------------------------- a user's own classifier
+class TimmNet(nn.Module):
+    """Any timm classifier: feature maps from `forward_features`, the penultimate vector from
+    `forward_head(pre_logits=True)` (timm's own pool), the head from `get_classifier()` (an nn.Linear)."""
+
+    def __init__(self, model: nn.Module, cam_layer: str | None = None):
+        super().__init__()
+        self.model = model
+        if not isinstance(model.get_classifier(), nn.Linear):
+            raise ValueError(f"timm model {type(model).__name__}'s classifier is {model.get_classifier()!r}, not an "
+                             "nn.Linear: ViM, DICE and the other head-based detectors need W and b")
+        info = getattr(model, "feature_info", None)
+        self.cam_name = cam_layer or (info[-1]["module"] if info else None)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_classifier()
+
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+    def pool_maps(self, maps: Tensor) -> Tensor:
+        return self.model.forward_head(maps, pre_logits=True)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.pool_maps(self.forward_feature_maps(x))
+
+    def cam_module(self) -> nn.Module:
+        if self.cam_name is None:
+            raise ValueError("this timm model lists no feature_info: name its Grad-CAM layer (cam_layer)")
+        return _module(self.model, self.cam_name)
+
+
+class HookedNet(nn.Module):
+    """Any nn.Module whose output is its classification head's output: the penultimate feature is the head's input
+    (or the flattened output of `feature_layer`), the feature maps the output of `feature_maps_layer`, which the
+    network must global-average-pool into the penultimate feature. Both claims are checked on the first batch."""
+
+    def __init__(self, model: nn.Module, head: str | None = None, feature_layer: str | None = None,
+                 feature_maps_layer: str | None = None, cam_layer: str | None = None):
+        super().__init__()
+        self.model = model
+        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        self.head_name = head or (linears[-1] if linears else None)
+        if self.head_name is None or not isinstance(_module(model, self.head_name), nn.Linear):
+            raise ValueError(f"the classifier's head must be an nn.Linear named by 'head' (its nn.Linear modules: "
+                             f"{linears or 'none'})")
+        self.feature_layer, self.maps_layer, self.cam_name = feature_layer, feature_maps_layer, cam_layer
+        for name in (feature_layer, feature_maps_layer, cam_layer):
+            if name is not None:
+                _module(model, name)
+        self._checked: set[str] = set()
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_submodule(self.head_name)
+
+    def _run(self, x: Tensor, layer: str, take_input: bool = False) -> tuple[Tensor, Tensor]:
+        """(the network's output, the output (or input) of module `layer`) from one forward pass."""
+        seen = {}
+        if take_input:
+            handle = self.model.get_submodule(layer).register_forward_pre_hook(lambda m, a: seen.update(v=a[0]))
+        else:
+            handle = self.model.get_submodule(layer).register_forward_hook(lambda m, a, out: seen.update(v=out))
+        try:
+            out = self.model(x)
+        finally:
+            handle.remove()
+        if "v" not in seen:
+            raise RuntimeError(f"module {layer!r} of the classifier did not run in its forward pass")
+        return out, seen["v"]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.feature_layer is None:
+            logits, feats = self._run(x, self.head_name, take_input=True)
+        else:
+            logits, feats = self._run(x, self.feature_layer)
+            feats = feats.flatten(1)
+        self._check("head", logits, lambda: self.head(feats),
+                    "the network's output is not its head applied to the penultimate feature: name the right "
+                    "'head' / 'feature_layer'")
+        return feats
+
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
+        if self.maps_layer is None:
+            raise ValueError("map-based detectors (ASH, SCALE, ReAct, ...) need the classifier's "
+                             "'feature_maps_layer': the module whose output the network pools into its features")
+        _, maps = self._run(x, self.maps_layer)
+        self._check("maps", self.forward_features(x), lambda: self.pool_maps(maps),
+                    f"the penultimate feature is not the global average pool of {self.maps_layer!r}'s output")
+        return maps
+
+    def pool_maps(self, maps: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(maps, 1).flatten(1)
+
+    def cam_module(self) -> nn.Module:
+        if self.cam_name is None:
+            raise ValueError("name the classifier's Grad-CAM layer ('cam_layer') to use Grad-CAM")
+        return self.model.get_submodule(self.cam_name)
+
+    def _check(self, what: str, expected: Tensor, got: Callable[[], Tensor], message: str) -> None:
+        if what in self._checked:
+            return
+        with torch.no_grad():
+            value = got()
+        if value.shape != expected.shape or not torch.allclose(value.float(), expected.float(), rtol=1e-3,
+                                                                atol=1e-4):
+            raise ValueError(f"classifier {type(self.model).__name__}: {message}")
+        self._checked.add(what)
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"{type(model).__name__} has no module {name!r}; its modules: "
+                         f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}") from None
+
+
 # ------------------------------------------------------------------------------------------- the wrapper
 class Classifier(nn.Module):
-    """A network with its normalisation inside: images in [0, 1] -> logits / penultimate features.
+    """A network with its normalisation inside: images in [0, 1] -> logits / penultimate features / feature maps.
 
-    Frozen (no parameter gradients, BN always in eval mode) unless `frozen=False`; gradients with respect to the
-    *input* still flow, as DiffGuard's guidance and Grad-CAM need.
+    `net` provides `forward_features` (penultimate vector) and `head` (the final nn.Linear); map-based detectors
+    also use `forward_feature_maps` and `pool_maps` (maps -> penultimate vector). Frozen (no parameter gradients,
+    BN always in eval mode) unless `frozen=False`; gradients with respect to the *input* still flow, as DiffGuard's
+    guidance, Grad-CAM, ODIN and GradNorm need.
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], name: str = "",
@@ -256,6 +389,15 @@ class Classifier(nn.Module):
     def feature_dim(self) -> int:
         return self.head.in_features
 
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The module whose activations Grad-CAM weighs (the last convolutional block, before the pool)."""
+        if self.name in CLASSIFIERS:
+            return CLASSIFIERS[self.name].cam_layer(self.net)
+        if hasattr(self.net, "cam_module"):
+            return self.net.cam_module()
+        raise ValueError(f"classifier {self.name or type(self.net).__name__} names no Grad-CAM layer")
+
     def train(self, mode: bool = True) -> Classifier:
         """A frozen classifier stays in eval mode when Lightning puts its parent in train mode."""
         return super().train(mode and not getattr(self, "frozen", False))
@@ -270,6 +412,16 @@ class Classifier(nn.Module):
         feats = self.features(images)
         return self.head(feats), feats
 
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """The last feature maps [B, C, H, W], before the pool that makes the penultimate feature."""
+        if not hasattr(self.net, "forward_feature_maps"):
+            raise ValueError(f"classifier {self.name or type(self.net).__name__} exposes no feature maps")
+        return self.net.forward_feature_maps(self.normalize(images))
+
+    def logits_from_maps(self, maps: Tensor) -> Tensor:
+        """The rest of the network after `feature_maps`: pool, then head."""
+        return self.head(self.net.pool_maps(maps))
+
     def forward(self, images: Tensor) -> Tensor:
         return self.logits_and_features(images)[0]
 
@@ -277,28 +429,105 @@ class Classifier(nn.Module):
         return f"name={self.name}, weights={self.weights or 'random'}"
 
 
-def build_classifier(name: str, weights: str | None, num_classes: int | None = None,
+# ------------------------------------------------------------------------------------------------ building
+SPEC_KEYS = {"timm", "class_path", "init_args", "mean", "std", "head", "feature_layer", "feature_maps_layer",
+             "cam_layer"}
+
+
+def build_classifier(name: str | Mapping, weights: str | None, num_classes: int | None = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      frozen: bool = True) -> Classifier:
-    """Build classifier `name` (a key of CLASSIFIERS) and load `weights`, a local file.
+    """Build a classifier and load `weights`, a local file (strictly: every key, every shape).
 
+    `name` is one of
+    - a key of CLASSIFIERS (the written-out architectures above);
+    - `timm:<model name>`: any timm classifier, built without downloading (normalisation: timm's pretrained config
+      unless mean/std are given);
+    - a spec (a mapping, or the path of a YAML file holding one, so that every detector's `classifier` argument
+      takes it): `class_path` + `init_args` of any nn.Module whose output is its logits, or `timm: <model name>`;
+      `mean` and `std` (required for class_path), and optionally `head` (the final nn.Linear's module name; default
+      the last nn.Linear), `feature_layer` (module whose flattened output is the penultimate feature; default the
+      head's input), `feature_maps_layer` (whose output is pooled into that feature, for ASH / SCALE / ReAct on
+      maps) and `cam_layer` (DiffGuard's Grad-CAM layer; timm default: its last feature stage).
     `weights=None` means random initialisation and must be asked for explicitly (tests); nothing is downloaded.
-    `num_classes` defaults to the file's head (else the architecture's default); `mean`/`std` default to the
-    normalisation the published weights were trained with.
+    `num_classes` defaults to the file's head (else the architecture's default); `mean`/`std` arguments override
+    the normalisation the weights expect.
     """
+    if isinstance(name, str) and name.startswith("timm:"):
+        name = {"timm": name[len("timm:"):]}
+    elif isinstance(name, str) and name.endswith((".yaml", ".yml")):
+        name = _read_spec(name)
+    if isinstance(name, Mapping):
+        return _build_from_spec(dict(name), weights, num_classes, mean, std, frozen)
     if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}")
+        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}, 'timm:<model name>', or "
+                         "a spec (class_path + init_args, mean, std, ...; see ood_lightning.classifiers."
+                         "build_classifier) as a mapping or a YAML file")
     spec = CLASSIFIERS[name]
-    state, path = None, None
-    if weights is not None:
-        path = os.path.abspath(os.path.expanduser(str(weights)))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"classifier weights not found: {path}. It should hold {spec.weights_hint}. "
-                                    "Nothing is downloaded; put the file there.")
-        state = read_state_dict(path)  # torch.load(weights_only=True); unwraps {state_dict}, strips 'module.'
-        if num_classes is None and spec.head_key in state:
-            num_classes = int(state[spec.head_key].shape[0])
+    state, path = _read_weights(weights, spec.weights_hint)
+    if state is not None and num_classes is None and spec.head_key in state:
+        num_classes = int(state[spec.head_key].shape[0])
     net = spec.build(num_classes or spec.num_classes)
     if state is not None:  # strict: a mismatch lists every missing, unexpected and wrongly shaped key
         load_state_strict(net, state, f"{name} weights {path}")
     return Classifier(net, mean or spec.mean, std or spec.std, name=name, weights=path, frozen=frozen)
+
+
+def _read_spec(path: str) -> dict:
+    import yaml
+
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"classifier spec not found: {full} (a YAML mapping with class_path + init_args or "
+                                "timm, mean, std, head, feature_layer, feature_maps_layer, cam_layer)")
+    with open(full) as f:
+        spec = yaml.safe_load(f)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"classifier spec {full} must hold a mapping, not {type(spec).__name__}")
+    return dict(spec)
+
+
+def _read_weights(weights: str | None, hint: str) -> tuple[dict | None, str | None]:
+    if weights is None:
+        return None, None
+    path = os.path.abspath(os.path.expanduser(str(weights)))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"classifier weights not found: {path}. It should hold {hint}. "
+                                "Nothing is downloaded; put the file there.")
+    return read_state_dict(path), path  # torch.load(weights_only=True); unwraps {state_dict}, strips 'module.'
+
+
+def _build_from_spec(spec: dict, weights: str | None, num_classes: int | None, mean: Sequence[float] | None,
+                     std: Sequence[float] | None, frozen: bool) -> Classifier:
+    unknown = set(spec) - SPEC_KEYS
+    if unknown or ("timm" in spec) == ("class_path" in spec):
+        raise ValueError(f"a classifier spec has either 'timm' or 'class_path' (+ init_args) and optionally "
+                         f"{', '.join(sorted(SPEC_KEYS - {'timm', 'class_path', 'init_args'}))}; got {sorted(spec)}")
+    mean, std = mean or spec.get("mean"), std or spec.get("std")
+    if "timm" in spec:
+        import timm
+
+        model_name = spec["timm"]
+        state, path = _read_weights(weights, f"a state dict of timm's {model_name}")
+        model = timm.create_model(model_name, pretrained=False)  # pretrained=False: nothing is downloaded
+        head_key = f"{model.pretrained_cfg.get('classifier', 'fc')}.weight"
+        if num_classes is None and state is not None and head_key in state:
+            num_classes = int(state[head_key].shape[0])
+        if num_classes is not None and num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+        mean, std = mean or model.pretrained_cfg["mean"], std or model.pretrained_cfg["std"]
+        net, label, what = TimmNet(model, spec.get("cam_layer")), f"timm:{model_name}", model
+    else:
+        from ood_lightning.cli_messages import load_class
+
+        if mean is None or std is None:
+            raise ValueError(f"classifier {spec['class_path']}: give the normalisation its weights expect (mean, "
+                             "std in the spec)")
+        model = load_class(spec["class_path"])(**(spec.get("init_args") or {}))
+        state, path = _read_weights(weights, f"a state dict of {spec['class_path']}")
+        net = HookedNet(model, spec.get("head"), spec.get("feature_layer"), spec.get("feature_maps_layer"),
+                        spec.get("cam_layer"))
+        label, what = spec["class_path"], model
+    if state is not None:
+        load_state_strict(what, state, f"{label} weights {path}")
+    return Classifier(net, mean, std, name=label, weights=path, frozen=frozen)
