@@ -6,7 +6,9 @@ r"""Score a trained (or zero-training) detector on a benchmark and write the res
         --model.init_args.official_checkpoints '[checkpoint-0.pth, checkpoint-last.pth]'
     python evaluate.py --help-all                        # every option, typed
 
-Results (results.json/csv/md, scores/<set>.npz, plots/) go to the run folder, or to --results_dir.
+Results (results.json/csv/md, scores/<set>.npz, plots/) go to the run folder, or to --results_dir. With
+--calibrate true, thresholds are also set on held-out in-distribution train images (calibration.json there; see
+docs/predict.md); results.json then reports the ID TPR they keep and the share of each OOD set they flag.
 
 Re-use of per-sample scores, no model needed (metrics, tables and plots are rebuilt from scores/*.npz):
 
@@ -56,6 +58,9 @@ def main(args: list[str] | None = None) -> None:
     ckpt_path = cli.checkpoint_path()
     with cli.checkpoint_errors_explained(ckpt_path):
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
+    if cli.config.get("calibrate"):  # after the test, which fits what some detectors fit (knn, vim, fusion)
+        calibration_file = cli.calibrate(ckpt_path, required=True)
+        cli.evaluation.add_calibration(cli.trainer, calibration_file)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ configs/classifier/) trains a model DiffGuard uses and exports it for the DiffGu
     python train.py --config configs/diffusion/mnist_0_4.yaml \
         --ckpt_path runs/diffusion_mnist_0_4/lightning_logs/version_0/checkpoints/last.ckpt   # resume
     python train.py --help-all                           # every option, typed
+
+A detector is calibrated before its test (calibration.json in the run folder: thresholds at --calibration_tpr on
+in-distribution train images it was not fit on), so evaluate.py reports what they give and predict.py decides.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ def main(args: list[str] | None = None) -> None:
     with cli.checkpoint_errors_explained(ckpt_path):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     if isinstance(cli.model, OODDetector):  # the training configs' models have no OOD scores to test
+        cli.calibrate()  # thresholds on held-out ID train images, when the benchmark leaves some out of training
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
 
 

@@ -24,6 +24,9 @@ from ood_lightning.detectors.base import OODDetector
 from ood_lightning.errors import CheckpointMismatchError
 from ood_lightning.evaluation import Evaluation
 from ood_lightning.io import SafeCheckpointIO, is_url, load_checkpoint
+from ood_lightning.prediction.calibration import CALIBRATION_FILE
+from ood_lightning.prediction.runner import calibrate_run
+from ood_lightning.report import config_hash
 from ood_lightning.run_folder import RunConfigCallback
 from ood_lightning.wandb_logging import wandb_offline_without_credentials, wandb_save_dir_in_root_dir
 
@@ -59,6 +62,14 @@ class OODCLI(LightningCLI):
                             "default: the run folder")
         parser.add_argument("--plots", type=bool, default=True,
                             help="write score histograms and ROC curves (plots/*.png) beside the results")
+        parser.add_argument("--calibrate", type=bool, default=False,
+                            help="evaluate.py: also set thresholds on held-out ID train images (calibration.json in "
+                            "the results folder; train.py always does when such images exist). docs/predict.md")
+        parser.add_argument("--calibration_size", type=Optional[int], default=None,
+                            help="ID train images to calibrate on; default: up to 1000 of those train_subset leaves "
+                            "out. More than those are held out of training.")
+        parser.add_argument("--calibration_tpr", type=float, default=0.95,
+                            help="the ID true-positive rate the calibrated thresholds keep (0.95: FPR95's point)")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse; on an error, parse again without the command-line option it names, and so on, then report every
@@ -106,11 +117,23 @@ class OODCLI(LightningCLI):
             raise cause from None
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
             self.trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        if isinstance(self.datamodule, OODDataModule):
+            self.datamodule.calibration_size = self.config.get("calibration_size")
         if isinstance(self.model, OODDetector):
             config = self.config.as_dict()
-            run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
-            self.trainer.callbacks.append(Evaluation(config.get("results_dir"), bool(config.get("plots", True)),
-                                                     run_config))
+            self.run_config = {key: config.get(key) for key in ("seed_everything", "model", "data", "trainer")}
+            self.evaluation = Evaluation(config.get("results_dir"), bool(config.get("plots", True)), self.run_config)
+            self.evaluation.calibration_follows = bool(config.get("calibrate"))
+            self.trainer.callbacks.append(self.evaluation)
+
+    def calibrate(self, ckpt_path: str | None = None, required: bool = False) -> Path | None:
+        """Thresholds from the held-out ID train images into calibration.json of the results folder (see
+        prediction/calibration.py); returns the file, or None when no image was left for it (not `required`)."""
+        folder = self.evaluation.output_dir(self.trainer)
+        calibration = calibrate_run(self.trainer, self.model, self.datamodule, folder,
+                                    tpr=self.config.get("calibration_tpr", 0.95),
+                                    config_hash=config_hash(self.run_config), ckpt_path=ckpt_path, required=required)
+        return None if calibration is None else folder / CALIBRATION_FILE
 
     def checkpoint_path(self) -> str | None:
         """--ckpt_path as a file to load: 'last' is the newest last.ckpt of this run's folder (said on the console);

@@ -7,6 +7,7 @@ hand over through `OODDetector.show`. Detectors know no file; this knows no dete
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from ood_lightning.detectors.base import OODDetector
-from ood_lightning.io import atomic_write, file_stem
+from ood_lightning.data.presets import ID_SET
+from ood_lightning.io import atomic_write, atomic_write_text, file_stem
 from ood_lightning.metrics import ScoreCollector
-from ood_lightning.report import build_results, config_hash, print_results, write_results
+from ood_lightning.prediction.calibration import CALIBRATION_FILE, calibrated_rates, read_calibration
+from ood_lightning.report import build_results, config_hash, print_calibrated, print_results, write_results
 from ood_lightning.run_folder import run_folder
 from ood_lightning.wandb_logging import log_image_grid, log_results_to_wandb
 
@@ -34,15 +37,21 @@ class Evaluation(L.Callback):
         plots: write score histograms and ROC curves (plots/*.png) beside the results.
         run_config: the resolved run config (model, data, trainer sections of config.yaml) that results.json's
             config_hash is taken over; without it, the detector's and the datamodule's hyperparameters.
+        calibration: calibration.json (file or folder) whose thresholds the results report on (achieved ID TPR,
+            each OOD set's detection rate); default: the one in the results folder or in the checkpoint's run folder.
 
     After testing, `results` holds what results.json holds.
     """
 
-    def __init__(self, results_dir: str | Path | None = None, plots: bool = True, run_config: dict | None = None):
+    def __init__(self, results_dir: str | Path | None = None, plots: bool = True, run_config: dict | None = None,
+                 calibration: str | Path | None = None):
         self.results_dir = results_dir
         self.plots = plots
         self.run_config = run_config
+        self.calibration = calibration
         self.results: dict | None = None
+        self.per_set: dict[str, dict] = {}
+        self.calibration_follows = False  # evaluate.py --calibrate: thresholds come after the test
         self.collectors: dict[str, ScoreCollector] = {}  # per test set, from on_test_start
         self.set_names: list[str] = []
         self.folder: Path | None = None
@@ -82,6 +91,8 @@ class Evaluation(L.Callback):
         # Every rank: compute() gathers the collectors across processes.
         per_set = {name: collector.compute() for name, collector in self.collectors.items()}
         dm = trainer.datamodule
+        for name, data in per_set.items():
+            data["paths"] = dm.test_paths(name, data["index"]) if hasattr(dm, "test_paths") else None
         results = build_results(
             per_set,
             benchmark=dm.benchmark_name,
@@ -95,14 +106,39 @@ class Evaluation(L.Callback):
             },
         )
         results.update(pl_module.results_extra(per_set))  # before anything is written, so every file agrees
-        self.results = results
+        calibration_file = self._calibration_file(trainer)
+        if calibration_file is not None:
+            results["calibrated"] = calibrated_block(calibration_file, per_set)
+        self.results, self.per_set = results, per_set
         # Every rank holds the same values (computed from the gathered scores): a "max" sync keeps them exact.
         for key, value in _flat_metrics(results).items():
             pl_module.log(key, value, sync_dist=True, reduce_fx="max")
         if trainer.is_global_zero:
             plots = write_results(self.folder, results, per_set, plots=self.plots)
             print_results(results, self.folder)
+            print_calibrated(results)
+            if calibration_file is None and not self.calibration_follows:
+                print(f"No {CALIBRATION_FILE} for this run: scores without decisions. "
+                      "python evaluate.py ... --calibrate true sets thresholds (docs/predict.md).")
             log_results_to_wandb(trainer.loggers, results, per_set, plots, step=pl_module.global_step)
+
+    def _calibration_file(self, trainer: L.Trainer) -> Path | None:
+        """`calibration`, else calibration.json in the results folder or the checkpoint's run folder, else None."""
+        if self.calibration is not None:
+            path = Path(self.calibration)
+            return path / CALIBRATION_FILE if path.is_dir() else path
+        folders = [self.folder]
+        if trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
+            folders.append(Path(trainer.ckpt_path).resolve().parent.parent)  # <run>/checkpoints/<file>.ckpt
+        return next((f / CALIBRATION_FILE for f in folders if (f / CALIBRATION_FILE).is_file()), None)
+
+    def add_calibration(self, trainer: L.Trainer, calibration_file: str | Path) -> None:
+        """After a test, report on thresholds calibrated since (evaluate.py --calibrate): results.json gains its
+        "calibrated" block and the console the rates."""
+        self.results["calibrated"] = calibrated_block(Path(calibration_file), self.per_set)
+        if trainer.is_global_zero:
+            atomic_write_text(self.folder / "results.json", json.dumps(self.results, indent=2) + "\n")
+            print_calibrated(self.results)
 
     def _write_shown(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The pictures the detector (or a detector inside it) handed over with `show`: grids/<name>.png and the
@@ -118,6 +154,14 @@ class Evaluation(L.Callback):
                              lambda f, g=grid: save_image(g, f, format="png"))
                 log_image_grid(trainer.loggers, f"{GRIDS_DIR}/{name}", grid[None], caption=caption, nrow=1,
                                step=pl_module.global_step)
+
+
+def calibrated_block(calibration_file: Path, per_set: dict[str, dict]) -> dict:
+    """results.json's "calibrated": the file, its target TPR and per score type the threshold, the ID test set's
+    achieved TPR and each OOD set's detection rate."""
+    calibration = read_calibration(calibration_file)
+    return {"file": str(calibration_file), "target_tpr": calibration["target_tpr"],
+            "scores": calibrated_rates(calibration, per_set, ID_SET)}
 
 
 def _own_config(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict:

@@ -214,13 +214,14 @@ class ScoreCollector(torchmetrics.Metric):
         self.skipped.append(torch.as_tensor(index, device=self.device).reshape(-1).long())
 
     def compute(self) -> dict:
-        """{"index": sorted unique int64, "scores": {name: float64}, "n_skipped": int}, plus "labels" (int64)
+        """{"index": sorted unique int64, "scores": {name: float64}, "n_skipped": int, "skipped": the skipped
+        indices (sorted unique int64)}, plus "labels" (int64)
         with ``with_labels`` and "extras" ({name: array}) with ``extra_names``; arrays are aligned with index."""
         index = _cat_numpy(self.index, np.int64)
         index, first = np.unique(index, return_index=True)  # sorted; first occurrence of each index
         scores = {name: _cat_numpy(getattr(self, state), np.float64)[first] for name, state in self._state_of.items()}
-        n_skipped = int(np.unique(_cat_numpy(self.skipped, np.int64)).size)
-        out = {"index": index, "scores": scores, "n_skipped": n_skipped}
+        skipped = np.unique(_cat_numpy(self.skipped, np.int64))
+        out = {"index": index, "scores": scores, "n_skipped": int(skipped.size), "skipped": skipped}
         if self.with_labels:
             out["labels"] = _cat_numpy(self.labels, np.int64)[first]
         if self.extra_names:

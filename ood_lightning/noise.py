@@ -4,6 +4,9 @@ A sample's noise is drawn from its own CPU ``torch.Generator`` seeded by a stabl
 (seed, stream, sample index), so scores do not depend on batch size, batch position, worker count,
 number of GPUs or device type. ``stream`` names the dataset and the purpose, e.g.
 ``"cifar10/test/lfdn-last"``, so that two uses of the same sample get independent noise.
+
+Images scored outside a benchmark (predict.py, load_detector, calibration) key their noise by their content instead
+(`content_keys`, stream `CONTENT_STREAM`), so a score is a function of the image and the detector alone.
 """
 from __future__ import annotations
 
@@ -55,3 +58,23 @@ def sample_integers(high: int, indices: Tensor | Sequence[int], *, seed: int, st
     """
     values = [sample_seed(seed, stream, i) % int(high) for i in torch.as_tensor(indices).reshape(-1).tolist()]
     return torch.tensor(values, dtype=torch.int64, device=device)
+
+
+# The stream of every image scored outside a benchmark (predict.py, load_detector, calibration): with content keys,
+# an image's noise is the same in any folder, position, batch or run.
+CONTENT_STREAM = "images"
+
+
+def content_keys(images: Tensor) -> Tensor:
+    """int64 [B]: a 63-bit blake2b hash of each preprocessed image's float32 pixels and shape, the key of its noise
+    when a score must depend on the image alone (not on its position in a dataset)."""
+    rows = images.detach().to("cpu", torch.float32).contiguous()
+    keys = [int.from_bytes(hashlib.blake2b(json.dumps(list(row.shape)).encode() + row.numpy().tobytes(),
+                                           digest_size=8).digest(), "little") >> 1 for row in rows]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def noise_keys(batch: dict) -> Tensor:
+    """What a batch's per-sample noise is keyed by: its content keys when it has them (`"noise_key"`, set for images
+    scored outside a benchmark), else the dataset indices (evaluate.py / train.py: (seed, set, index))."""
+    return batch["noise_key"] if "noise_key" in batch else batch["index"]

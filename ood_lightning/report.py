@@ -214,6 +214,23 @@ def print_results(results: dict, out_dir: Path) -> None:
     print(f"results written to {out_dir}/results.{{json,csv,md}}, per-sample scores to {out_dir}/{SCORES_DIR}/")
 
 
+def print_calibrated(results: dict) -> None:
+    """What the calibrated thresholds (results.json "calibrated") give: ID TPR reached, each OOD set's detection."""
+    calibrated = results.get("calibrated")
+    if not calibrated:
+        return
+    print(f"\nAt the calibrated thresholds ({calibrated['file']}; target ID TPR {calibrated['target_tpr']}):")
+    for score, row in calibrated["scores"].items():
+        detected = ", ".join(f"{key.split('/', 1)[1]} {_percent(value)}" for key, value in row.items()
+                             if key.startswith("detected/"))
+        print(f"  {score}: threshold {row['threshold']:.6g}; ID test kept {_percent(row.get('id_tpr'))}; "
+              f"OOD detected: {detected}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
 # ------------------------------------------------------------------------------------------------- the files
 def write_results(
     out_dir: Path, results: dict, per_set: Mapping[str, dict], *, scores: bool = True, plots: bool = True
@@ -248,7 +265,8 @@ def save_scores(scores_dir: Path, per_set: Mapping[str, dict]) -> None:
 
     name (the set's name), index (int64 dataset indices, sorted, unique), scores (the score types, in order),
     score_<type> (float64, one per score type), n_skipped (unreadable samples), and when collected
-    label (int64 class label, -1 for OOD / unknown), extras (their names) and extra_<name> (detector extras such
+    label (int64 class label, -1 for OOD / unknown), path (each sample's file, or '<set>#<position>' for
+    in-memory sets; when the evaluation knows them), extras (their names) and extra_<name> (detector extras such
     as predictions). Arrays are aligned with index. Every key that starts with "score_" is a score array.
     Plain arrays only: np.load needs no pickle.
     """
@@ -263,6 +281,8 @@ def save_scores(scores_dir: Path, per_set: Mapping[str, dict]) -> None:
             **{f"score_{k}": np.asarray(v, dtype=np.float64) for k, v in s["scores"].items()},
             "n_skipped": np.array(int(s["n_skipped"]), dtype=np.int64),
         }
+        if s.get("paths") is not None:
+            arrays["path"] = np.array(list(s["paths"]), dtype=str)
         if s.get("labels") is not None:
             arrays["label"] = np.asarray(s["labels"], dtype=np.int64)
         if s.get("extras"):
@@ -316,6 +336,8 @@ def _read_score_file(path: Path, skipped: Mapping[str, int] | None) -> tuple[str
         }
         if "label" in z:
             entry["labels"] = z["label"].astype(np.int64)
+        if "path" in z:
+            entry["paths"] = [str(p) for p in z["path"]]
         if "extras" in z:
             entry["extras"] = {str(k): z[f"extra_{k}"] for k in z["extras"]}
     return name, entry

@@ -278,7 +278,7 @@ def test_score_collector_missing_labels_become_minus_one_and_default_has_none():
 
     plain = ScoreCollector(["s"])  # existing behaviour: no labels, no extras in the output
     plain.update({"s": torch.ones(2)}, torch.tensor([0, 1]), labels=torch.tensor([5, 6]))
-    assert set(plain.compute()) == {"index", "scores", "n_skipped"}
+    assert set(plain.compute()) == {"index", "scores", "n_skipped", "skipped"}
 
 
 def test_score_collector_rejects_bad_labels_and_extras():

@@ -3,12 +3,15 @@ batched by `collate`, which drops undecodable images and reports their indices."
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .feature_cache import BatchInputs, CachedFeatures, cached_features
 from .presets import ID_SET, build_benchmark, default_transform
-from .sources import NO_LABEL, subset
+from .sources import NO_LABEL, SubsetSource, sample_path, subset
+
+DEFAULT_CALIBRATION_SIZE = 1000
 
 
 def _is_skipped(item: dict | None) -> bool:
@@ -80,6 +83,13 @@ class OODDataModule(L.LightningDataModule):
             --data.ood '{tin: /data/tin, mnist: /data/mnist}' or one set at a time: --data.ood.tin /data/tin.
         train: Build the in-distribution train split; false for evaluation-only runs whose train images are not on
             disk (OpenOOD does not distribute ImageNet train images).
+
+    Calibration (prediction/calibration.py) reads `calibration_set`: in-distribution train images the model is not
+    fit on, chosen by file with a seed (`data_seed`). `calibration_size` (set by the entry points' --calibration_size,
+    outside the data section so that it leaves every config hash as it was) is how many: None takes up to
+    DEFAULT_CALIBRATION_SIZE of the train images that `train_subset` leaves out, so training is unchanged (none when
+    the subset is the whole split); a number N takes them from those first and holds the rest out of training.
+    `predict_set` is what `predict_dataloader` serves (new images; calibration images).
     """
 
     def __init__(
@@ -107,6 +117,10 @@ class OODDataModule(L.LightningDataModule):
         self.test_sets: dict[str, Dataset] = {}
         self.groups: dict[str, list[str]] = {}
         self.id_name = ""
+        self.test_sources: dict[str, Dataset] = {}
+        self.calibration_size: int | None = None
+        self.calibration_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
         self._built = False
 
     def _build(self):
@@ -123,9 +137,11 @@ class OODDataModule(L.LightningDataModule):
             self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the benchmark once; then serve the stage's datasets with the attached model's inputs."""
-        if not self._built:
-            self._build_sets()
+        """Build the benchmark once; then serve the stage's datasets with the attached model's inputs. Predicting
+        reads only `predict_set` (images, whatever the model reads: it computes its own features then)."""
+        if stage == "predict":
+            return
+        self.build_sets()
         if stage == "fit" and self.train_set is not None:
             self.train_set = self.served(self.train_set, "train")
             if not len(self.train_set):
@@ -155,15 +171,21 @@ class OODDataModule(L.LightningDataModule):
         }
         return CachedFeatures(features, name=name, images=dataset if inputs.images else None)
 
+    def build_sets(self) -> None:
+        """Build the benchmark's datasets (once), without serving them to a model (calibration reads images)."""
+        if not self._built:
+            self._build_sets()
+
     def _build_sets(self) -> None:
         benchmark = self._build()
         if ID_SET in benchmark.ood:
             raise ValueError(f"'{ID_SET}' names the in-distribution test set; rename the OOD set called '{ID_SET}'")
         hp = self.hparams
-        train_set = benchmark.id_train
-        self.train_set = None if train_set is None else subset(train_set, hp.train_subset, hp.data_seed)
+        self.train_set, self.calibration_set = calibration_split(benchmark.id_train, hp.train_subset,
+                                                                 self.calibration_size, hp.data_seed)
         sets = {ID_SET: benchmark.id_test, **benchmark.ood}
         self.test_sets = {name: subset(ds, hp.eval_subset, hp.data_seed) for name, ds in sets.items()}
+        self.test_sources = dict(self.test_sets)  # as built, before `served` wraps them: where each sample comes from
         self.groups = benchmark.groups
         self.id_name = benchmark.id_name
         self._built = True
@@ -192,6 +214,16 @@ class OODDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.data_seed)
 
+    def test_paths(self, name: str, indices) -> list[str]:
+        """The files (see sources.sample_path) of test set `name`'s samples at dataset `indices`."""
+        source = self.test_sources.get(name)
+        return [sample_path(source, int(i)) for i in indices] if source is not None else []
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_set is None:
+            raise RuntimeError("OODDataModule.predict_set is not set: predict.py / calibration give it the images")
+        return self.loader(self.predict_set)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError(f"benchmark {self.benchmark_name!r} has no in-distribution train split here "
@@ -206,3 +238,28 @@ class OODDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test set, in `test_sets` order: "id" first, then the OOD sets."""
         return [self.loader(dataset) for dataset in self.test_sets.values()]
+
+
+def calibration_split(train: Dataset | None, train_subset: int | None, size: int | None, seed: int
+                      ) -> tuple[Dataset | None, Dataset | None]:
+    """(the train set the model is fit on, the in-distribution calibration set), disjoint by file.
+
+    The train set is `subset(train, train_subset, seed)` as always. Calibration images come from the train images it
+    leaves out (a seeded sample of them); only an explicit `size` larger than those takes the rest out of training.
+    """
+    if train is None:
+        return None, None
+    fitted = subset(train, train_subset, seed)
+    chosen = fitted.indices if isinstance(fitted, SubsetSource) else list(range(len(train)))
+    left_out = np.setdiff1d(np.arange(len(train)), chosen)
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the train subset's draw stays as it was
+    wanted = min(len(left_out), DEFAULT_CALIBRATION_SIZE) if size is None else int(size)
+    if wanted < 0 or wanted >= len(train):
+        raise ValueError(f"--calibration_size {size}: must be between 0 and {len(train) - 1} (the ID train images)")
+    picked = rng.permutation(left_out)[:wanted].tolist()
+    if len(picked) < wanted:  # held out of training: the train set changes
+        held = rng.permutation(chosen)[:wanted - len(picked)].tolist()
+        picked += held
+        fitted = SubsetSource(train, sorted(set(chosen) - set(held)))
+    calibration = SubsetSource(train, sorted(picked)) if picked else None
+    return fitted, calibration

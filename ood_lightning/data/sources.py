@@ -348,3 +348,13 @@ def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
         raise ValueError(f"subset size must be at least 1, got {n}")
     chosen = np.random.default_rng(seed).choice(len(dataset), size=n, replace=False)
     return SubsetSource(dataset, np.sort(chosen))
+
+
+def sample_path(dataset: Dataset, index: int) -> str:
+    """Where sample `index` of `dataset` comes from: its file (through any subsets), or '<name>#<position>' for a
+    set held in memory (torchvision formats, digits)."""
+    while isinstance(dataset, SubsetSource):
+        dataset, index = dataset.base, dataset.indices[index]
+    if isinstance(dataset, FileSource):
+        return os.fspath(dataset.samples[index][0])
+    return f"{getattr(dataset, 'name', 'set')}#{index}"

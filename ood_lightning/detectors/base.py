@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ood_lightning.data.feature_cache import BatchInputs
+from ood_lightning.noise import CONTENT_STREAM, content_keys
 
 
 class OODDetector(L.LightningModule):
@@ -59,6 +60,22 @@ class OODDetector(L.LightningModule):
         if not batch["index"].numel():
             return None
         return self.score(batch, list(self.trainer.datamodule.test_sets)[dataloader_idx])
+
+    def score_images(self, batch: dict) -> dict[str, Tensor]:
+        """Scores (and extras) of a batch of images outside any benchmark (predict.py, load_detector, calibration):
+        the features the detector reads are computed here from the images, and its noise is keyed by each image's
+        content, so the score depends on the image and the detector alone (not on its folder, position or batch)."""
+        batch = {**batch, "noise_key": content_keys(batch["image"]).to(batch["image"].device)}
+        for feature in self.inputs.features:
+            if feature.key not in batch:
+                batch[feature.key] = feature.extractor(batch["image"]).float()
+        return self.score(batch, CONTENT_STREAM)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
+        """`score_images` of the batch's readable images (prediction/scoring.py collects them); None when none."""
+        if not batch["index"].numel():
+            return None
+        return self.score_images(batch)
 
     def show(self, name: str, grid: Tensor, caption: str | None = None) -> None:
         """Hand a picture (an image grid [3, H, W] in [0, 1], e.g. DiffGuard's input / synthesis rows) to the

@@ -26,7 +26,7 @@ from ood_lightning.detectors.lfdn.network import LFDN
 from ood_lightning.detectors.lfdn.scores import mfsim_score, mse_score
 from ood_lightning.ema import ema_update
 from ood_lightning.errors import PreprocessingMismatchError, UntrainedWeightsError
-from ood_lightning.noise import sample_integers, sample_noise
+from ood_lightning.noise import noise_keys, sample_integers, sample_noise
 from ood_lightning.resume import resumable_checkpoints
 
 # The checkpoint entry recording what the weights were trained on (LFDNDetector.preprocessing).
@@ -131,6 +131,13 @@ class LFDNDetector(OODDetector):
 
     def on_test_start(self) -> None:
         # Here, after Lightning restored any --ckpt_path: only then is it known which weights get scored.
+        self.require_trained()
+
+    def on_predict_start(self) -> None:
+        self.require_trained()
+
+    def require_trained(self) -> None:
+        """Refuse to score a network that was never trained (UntrainedWeightsError), unless allow_untrained."""
         trained = int(self.ema_updates) > 0 or self.hparams.official_checkpoints is not None
         if not (trained or self.hparams.allow_untrained):
             raise UntrainedWeightsError(
@@ -227,6 +234,7 @@ class LFDNDetector(OODDetector):
     # -- scoring ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, net: LFDN, z: Tensor, index: Tensor, stream: str) -> Tensor:
+        """`z` noised to start_index and denoised; the noise of row b is keyed by (seed, stream, index[b])."""
         noise = sample_noise(
             (reconstruct_noise_count(self.hparams.start_index), z.shape[1]),
             index,
@@ -243,7 +251,7 @@ class LFDNDetector(OODDetector):
         z = group_zscore(batch[self.features.key], self.group_sizes)
         out = {}
         for tag, net in (("", self.ema), ("_epoch0", self.ema_first)):
-            z_hat = self.reconstruct(net, z, batch["index"], stream=f"{dataset}/lfdn{tag or '_last'}")
+            z_hat = self.reconstruct(net, z, noise_keys(batch), stream=f"{dataset}/lfdn{tag or '_last'}")
             out[f"mse{tag}"] = mse_score(z, z_hat)
             out[f"mfsim{tag}"] = mfsim_score(z, z_hat, self.group_sizes, self.hparams.mfsim_skip_first_group)
         out["lr_mse"] = out["mse_epoch0"] - out["mse"]
