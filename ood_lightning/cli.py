@@ -174,6 +174,52 @@ class OODCLI(LightningCLI):
         return roots
 
 
+class PredictCLI(OODCLI):
+    """predict.py's CLI: OODCLI's options (a run's config, --ckpt_path, --trainer.*) plus what to score and where to
+    write; no run folder, logger or config file is written (the images are not a run)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--run", type=Optional[str], default=None,
+                            help="a run folder (config.yaml, checkpoints/last.ckpt, calibration.json): instead of "
+                            "--config and --ckpt_path")
+        parser.add_argument("--images", type=str, required=True,
+                            help="a folder of images (recursive), a .txt list of paths (one a line, relative to the "
+                            "list), an image, or a quoted glob ('photos/**/*.jpg')")
+        parser.add_argument("--out_dir", type=str, default="predictions",
+                            help="where predictions.csv and contact_sheet.png go")
+        parser.add_argument("--calibration", type=Optional[str], default=None,
+                            help="calibration.json (file or folder); default: the run folder's, or the one beside "
+                            "the checkpoint's checkpoints/ folder")
+        parser.add_argument("--sheet_score", type=Optional[str], default=None,
+                            help="the score the contact sheet ranks by; default: the detector's first")
+        parser.add_argument("--sheet_images", type=int, default=8, help="images per contact-sheet row")
+
+
+def run_arguments(args: list[str]) -> list[str]:
+    """predict.py's `--run FOLDER` as the options it stands for, placed first so later options override them:
+    --config FOLDER/config.yaml, --ckpt_path FOLDER/checkpoints/last.ckpt (when there), no logger, no checkpoints."""
+    args = list(args)
+    run = None
+    for i, arg in enumerate(args):
+        if arg == "--run" and i + 1 < len(args):
+            run = args[i + 1]
+        elif arg.startswith("--run="):
+            run = arg.split("=", 1)[1]
+    implied = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]
+    if run is not None:
+        folder = Path(run)
+        if not (folder / "config.yaml").is_file():
+            raise FileNotFoundError(f"--run {run}: no config.yaml in that folder. A run folder is what train.py or "
+                                    "evaluate.py wrote (e.g. runs/NAME/lightning_logs/version_0); or give --config "
+                                    "and --ckpt_path instead.")
+        implied = ["--config", str(folder / "config.yaml"), *implied]
+        checkpoint = folder / "checkpoints" / "last.ckpt"
+        if checkpoint.is_file() and "--ckpt_path" not in args and not any(a.startswith("--ckpt_path=") for a in args):
+            implied += ["--ckpt_path", str(checkpoint)]
+    return [*implied, *args]
+
+
 def _mismatch_message(ckpt_path: str, hparams: dict, torch_error: str) -> str:
     saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
     differing = [f"{key} (checkpoint: {saved.get(key)!r}, this config: {hparams.get(key)!r})"
@@ -227,7 +273,7 @@ def _without_options(args: list[str], options: list[str]) -> list[str]:
 
 
 def make_cli(args: list[str] | None, description: str,
-             model_class: type[L.LightningModule] = L.LightningModule) -> OODCLI:
+             model_class: type[L.LightningModule] = L.LightningModule, cli_class: type[OODCLI] = OODCLI) -> OODCLI:
     """The CLI of an entry point; a config's class_path must name a subclass of `model_class` (evaluate.py:
     OODDetector). `-h`/`--help` prints the short help (models, configs, where to look next); `--help-all` is
     LightningCLI's full help; the optimizer is each model's own (no --optimizer / --lr_scheduler switch, which
@@ -240,7 +286,7 @@ def make_cli(args: list[str] | None, description: str,
         for class_path in DETECTORS + TRAINING_MODELS:  # listed in the help, found by short name in --model.help
             load_class(class_path)
         args = ["--help" if arg == FULL_HELP_FLAG else arg for arg in argv]
-    return OODCLI(
+    return cli_class(
         model_class,
         OODDataModule,
         subclass_mode_model=True,
@@ -248,7 +294,7 @@ def make_cli(args: list[str] | None, description: str,
         args=args,
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=RunConfigCallback,
+        save_config_callback=None if cli_class is PredictCLI else RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"description": description, "formatter_class": _HelpFormatter, "exit_on_error": False},
