@@ -8,6 +8,7 @@ The public API, importable from here (each loaded on first use, so `import ood_l
                  build_classifier (classifiers-under-protection)
     evaluation   Evaluation (the Lightning callback that writes the results), rescore (tables from saved scores)
     files        load_checkpoint (never runs code from a file)
+    new images   load_detector (a run folder or export -> det.score(images), det.predict(images)), export_detector
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ EXPORTS = {
     "Evaluation": "ood_lightning.evaluation",
     "rescore": "ood_lightning.report",
     "load_checkpoint": "ood_lightning.io",
+    "load_detector": "ood_lightning.prediction.api",
+    "export_detector": "ood_lightning.prediction.export",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -77,6 +77,14 @@ class OODDetector(L.LightningModule):
             return None
         return self.score_images(batch)
 
+    def export_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The part of `state` (this detector's state_dict) a compact export keeps: what scoring reads. Default: all."""
+        return state
+
+    def import_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An exported state made whole again for load_state_dict (the inverse of `export_state`). Default: as is."""
+        return state
+
     def show(self, name: str, grid: Tensor, caption: str | None = None) -> None:
         """Hand a picture (an image grid [3, H, W] in [0, 1], e.g. DiffGuard's input / synthesis rows) to the
         evaluation, which writes it to grids/<name>.png and logs it to the image loggers."""

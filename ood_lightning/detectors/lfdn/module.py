@@ -192,6 +192,30 @@ class LFDNDetector(OODDetector):
         # Written before the first epoch's EMA count was kept: no score reads it (export.py refuses such a file).
         checkpoint["state_dict"].setdefault("ema_first_updates", torch.zeros((), dtype=torch.long))
 
+    # -- compact export (prediction/export.py): the EMA networks that score, not the trained copy ----------
+    def export_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        pretrained = self.backbone.weights_path is not None  # the config's weights file restores it
+        return {key: value for key, value in state.items()
+                if not key.startswith("net.") and not (pretrained and key.startswith("backbone."))}
+
+    def import_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The trained copy is not exported: `net` takes the EMA's weights (scoring never reads it)."""
+        own = self.state_dict()
+        whole = {key: own[key] for key in own if key.startswith("backbone.")}
+        whole.update(state)
+        whole.update({f"net.{key[len('ema.'):]}": value for key, value in state.items() if key.startswith("ema.")})
+        return whole
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's, given the `backbone` (a checkpoint records its preprocessing, not how to build it). Scoring
+        new images is simpler with ood_lightning.load_detector(run folder), which builds it from config.yaml."""
+        if "backbone" not in kwargs:
+            raise TypeError("LFDNDetector.load_from_checkpoint needs backbone=MultiLayerFeatures(...) as the run's "
+                            "config.yaml gives it; or use ood_lightning.load_detector(run_folder), which reads it")
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
+
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
