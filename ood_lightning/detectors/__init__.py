@@ -10,6 +10,7 @@ DETECTORS = {  # name -> the module that defines or re-exports it
     "DiffGuardGDM": "ood_lightning.detectors.diffguard.gdm",
     "DiffGuardLDM": "ood_lightning.detectors.diffguard.ldm",
     "ClassifierBaselines": "ood_lightning.detectors.baselines",
+    "PostHocDetector": "ood_lightning.detectors.posthoc",
     "CascadeFusion": "ood_lightning.detectors.fusion",
 }
 __all__ = sorted(DETECTORS)
