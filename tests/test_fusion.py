@@ -163,21 +163,30 @@ def _scores(out, name):
         return {key: f[key] for key in f.files}
 
 
-def _check_fused_files(out, refiner_score, baseline="mls"):
+def _check_fused_files(out, refiner_score, baseline="mls", refine_all=False):
+    """The tables hold the baseline, the fusion and (refine_all) the refiner; the npz files the tiers, the refiner's
+    score where it ran (NaN elsewhere) and the fused order; results.json the tier counts and the cost per set."""
     results = json.loads((out / "results.json").read_text())
     fused_name = f"{refiner_score}+{baseline}"
-    assert set(results["scores"]) == {baseline, refiner_score, fused_name}
+    assert set(results["scores"]) == {baseline, fused_name} | ({refiner_score} if refine_all else set())
     info = results["fusion"]
     assert info["fused_score"] == fused_name and info["quantiles"] == [0.2, 0.8] and info["low"] <= info["high"]
+    assert info["refine_all"] is refine_all
     for name in ("id", "digits_5_9"):
         s = _scores(out, name)
         assert len(s["index"]) == N
-        b, d, fused = (torch.from_numpy(s[f"score_{k}"]) for k in (baseline, refiner_score, fused_name))
+        d = s[f"score_{refiner_score}" if refine_all else f"extra_{refiner_score}"]
+        b, fused = (torch.from_numpy(s[f"score_{k}"]) for k in (baseline, fused_name))
         tier = tiers(b, info["low"], info["high"])
         np.testing.assert_array_equal(s["extra_tier"], tier.numpy())
         assert dict(zip(("id_confident", "band", "ood_confident"), np.bincount(tier, minlength=3).tolist())) == \
             info["tiers"][name]
-        assert _lexicographic_ok(b, d, fused, info["low"], info["high"])
+        ran = np.ones(N, dtype=bool) if refine_all else (tier == 1).numpy()
+        np.testing.assert_array_equal(np.isfinite(d), ran)  # the refiner ran exactly on the band
+        cost = info["cost"][name]
+        assert cost["images"] == N and cost["refined"] == ran.sum() and cost["refined_fraction"] == ran.mean()
+        assert cost["baseline_seconds"] >= 0 and cost["refiner_seconds"] >= 0
+        assert _lexicographic_ok(b, torch.from_numpy(d), fused, info["low"], info["high"])
     _check_tables_agree(out, results)
     return results
 
@@ -199,7 +208,9 @@ def test_fusion_through_the_evaluator(tmp_path):
     model, dm = cli.model, cli.datamodule
     _check_fused_files(tmp_path, "brightness")
     s = _scores(tmp_path, "id")
-    assert (s["extra_refiner_prediction"] == 7).all() and "extra_prediction" in s
+    band = s["extra_tier"] == 1
+    assert (s["extra_refiner_prediction"][band] == 7).all() and np.isnan(s["extra_refiner_prediction"][~band]).all()
+    assert "extra_prediction" in s
     assert model.refiner.started  # the hook is forwarded
     # The thresholds are the quantiles of the baseline on the seeded train sample, whatever the test sets hold.
     validation, _ = _split(len(dm.train_set), 20, 0)
@@ -210,6 +221,36 @@ def test_fusion_through_the_evaluator(tmp_path):
     other = _run(_config(tmp_path / "other", {"class_path": f"{__name__}.Brightness"}, "brightness")
                  + ["--data.eval_subset", "5"]).model
     assert (other.low, other.high) == (model.low, model.high)
+
+
+class CountingBrightness(Brightness):
+    """Brightness that records how many images it was given."""
+
+    seen = 0
+
+    def score(self, batch: dict, dataset: str) -> dict:
+        CountingBrightness.seen += len(batch["image"])
+        return super().score(batch, dataset)
+
+
+def test_the_band_only_cascade_gives_the_full_runs_fused_results(tmp_path):
+    refiner = {"class_path": f"{__name__}.CountingBrightness"}
+    CountingBrightness.seen = 0
+    _run(_config(tmp_path / "all", refiner, "brightness", refine_all=True))
+    assert CountingBrightness.seen == 2 * N
+    full = _check_fused_files(tmp_path / "all", "brightness", refine_all=True)
+    CountingBrightness.seen = 0
+    _run(_config(tmp_path / "band", refiner, "brightness"))
+    band = _check_fused_files(tmp_path / "band", "brightness")
+    assert CountingBrightness.seen == sum(t["band"] for t in band["fusion"]["tiers"].values()) < 2 * N
+    for score in ("mls", "brightness+mls"):  # the same table, less the unfused refiner row
+        assert band["scores"][score] == full["scores"][score]
+    assert band["fusion"]["tiers"] == full["fusion"]["tiers"]
+    for name in ("id", "digits_5_9"):
+        a, b = _scores(tmp_path / "all", name), _scores(tmp_path / "band", name)
+        np.testing.assert_array_equal(a["score_brightness+mls"], b["score_brightness+mls"])
+        ran = b["extra_tier"] == 1
+        np.testing.assert_array_equal(a["score_brightness"][ran], b["extra_brightness"][ran])
 
 
 def test_a_fitted_baseline_is_fitted_beside_the_validation_sample_with_its_own_hparams(tmp_path):
@@ -235,10 +276,27 @@ def _gdm(unet_dir):
 
 
 def test_fusion_with_diffguard_gdm(unet_dir, tmp_path):
+    """The band-only cascade on DiffGuardGDM: the refiner's passes are counted where it ran, and the fused results
+    are a full run's (each band image gets the scores it gets in the full batch, to float rounding)."""
     model = _run(_config(tmp_path, _gdm(unet_dir), "logits_l1", trainer={"inference_mode": False})).model
     assert model.refiner.hparams.grid_images == 2
-    _check_fused_files(tmp_path, "logits_l1")
+    band = _check_fused_files(tmp_path, "logits_l1")
     assert (tmp_path / "grids" / "id.png").is_file()  # DiffGuard's grids, shown through the evaluation
+    _run(_config(tmp_path / "all", _gdm(unet_dir), "logits_l1", trainer={"inference_mode": False}, refine_all=True))
+    full = _check_fused_files(tmp_path / "all", "logits_l1", refine_all=True)
+    assert band["fusion"]["tiers"] == full["fusion"]["tiers"]
+    for name in ("id", "digits_5_9"):
+        a, b = _scores(tmp_path / "all", name), _scores(tmp_path, name)
+        ran = b["extra_tier"] == 1
+        np.testing.assert_allclose(b["extra_logits_l1"][ran], a["score_logits_l1"][ran], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b["score_logits_l1+mls"], a["score_logits_l1+mls"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(b["extra_unet_evals"][ran], a["extra_unet_evals"][ran])
+        cost_band, cost_full = band["fusion"]["cost"][name], full["fusion"]["cost"][name]
+        assert cost_band["refiner_unet_evals_per_image"] == pytest.approx(b["extra_unet_evals"][ran].sum() / N)
+        assert cost_full["refiner_unet_evals_per_image"] == pytest.approx(a["extra_unet_evals"].mean())
+        assert cost_band["refiner_classifier_evals_per_image"] <= cost_full["refiner_classifier_evals_per_image"]
+    for score in ("mls", "logits_l1+mls"):
+        assert band["scores"][score]["digits_5_9"]["auroc"] == full["scores"][score]["digits_5_9"]["auroc"]
     with pytest.raises(RuntimeError, match="inference_mode: false"):
         _run(_config(tmp_path / "inference", _gdm(unet_dir), "logits_l1", trainer={"inference_mode": True}))
 
@@ -303,7 +361,9 @@ def test_lfdn_as_refiner_reads_features_while_the_baseline_reads_images(tmp_path
     assert results["fusion"]["validation_images"] == 20
     alone = _lfdn_alone(tmp_path, tmp_path / "alone")
     for name in ("id", "digits_5_9"):  # the features LFDN gets inside the fusion are the ones it gets alone
-        np.testing.assert_array_equal(_scores(tmp_path / "fusion", name)["score_mse"], alone[name]["score_mse"])
+        fused = _scores(tmp_path / "fusion", name)
+        band = fused["extra_tier"] == 1
+        np.testing.assert_allclose(fused["extra_mse"][band], alone[name]["score_mse"][band], rtol=1e-5)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # train, id, digits_5_9: one backbone pass each
     assert cli.model.inputs.images and [f.key for f in cli.model.inputs.features] == [cli.model.refiner.features.key]
 
@@ -332,15 +392,16 @@ def test_two_classifier_baselines_fit_through_the_interface(tmp_path):
     results = _check_fused_files(tmp_path, "knn")
     s = _scores(tmp_path, "id")
     assert "extra_prediction" in s and "extra_refiner_prediction" in s
-    assert set(results["scores"]) == {"mls", "knn", "knn+mls"}
+    assert set(results["scores"]) == {"mls", "knn+mls"}
 
 
 def test_from_scores_keeps_the_fusion_block(tmp_path):
     _run(_config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness"))
     before = json.loads((tmp_path / "results.json").read_text())
+    assert set(before["fusion"]["cost"]["id"]) >= {"images", "refined", "refined_fraction", "refiner_seconds"}
     rescored = evaluate.rescore_main(["--from_scores", str(tmp_path), "--out_dir", str(tmp_path / "again"),
                                       "--plots", "false"])
-    assert rescored["fusion"] == before["fusion"]
+    assert rescored["fusion"] == before["fusion"]  # thresholds, tier counts and cost survive
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["fusion"] == before["fusion"] and again["scores"] == before["scores"]
     _check_tables_agree(tmp_path / "again", again)

@@ -12,13 +12,17 @@ in-distribution *validation* distribution of the baseline score alone, so the ru
 
 with low / high the q_low / q_high quantiles of b on ID validation images. The fused score is lexicographic in
 (tier, value), stored as the float64 `tier + squash(value)`; a confident baseline decision is never changed by d.
+So d is needed only in the band, and `CascadeFusion` runs the refiner only there (docs/diffguard.md (Cascade
+cost)): the fused score is the one a run of the refiner on every image gives, at the cost of the band alone.
 """
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
@@ -31,6 +35,7 @@ __all__ = ["CascadeFusion", "cascade", "squash", "tiers"]
 
 VALIDATION = "id_validation"  # the dataset name the baseline sees while its thresholds are calibrated
 TIER_NAMES = ("id_confident", "band", "ood_confident")
+PASS_EXTRAS = ("unet_evals", "classifier_evals")  # per-sample cost a refiner may report (DiffGuardGDM does)
 
 
 def tiers(baseline: Tensor, low: float, high: float) -> Tensor:
@@ -73,10 +78,15 @@ def cascade(baseline: Tensor, refiner: Tensor, low: float, high: float) -> Tenso
 class CascadeFusion(OODDetector):
     """A baseline detector and a refiner detector fused by `cascade`, as one detector.
 
-    Scores: the baseline's `baseline_score`, the refiner's `refiner_score` and the fused `<refiner_score>+
-    <baseline_score>` (e.g. mls, logits_l1, logits_l1+mls), so the table shows the fusion beside its parts.
-    Extras per sample: `tier` (0 confident ID, 1 band, 2 confident OOD), the baseline's extras, and the refiner's
-    (prefixed `refiner_` where a name clashes with the baseline's, e.g. refiner_prediction).
+    The refiner runs only on the band's samples of each batch (`refine_all` false, the default): the confident tiers
+    never read d, so the fused score is the one of a full run, at the band's cost. Scores: the baseline's
+    `baseline_score` and the fused `<refiner_score>+<baseline_score>` (e.g. mls, logits_l1+mls); the refiner's
+    `refiner_score` is saved per sample (extra_<name> in scores/<set>.npz, NaN where the refiner did not run) but
+    has no metrics, as a score defined on part of a set cannot be compared with one defined on all of it. With
+    `refine_all` the refiner scores every image (its cost in full) and `refiner_score` is a score with its own row
+    in the table beside its fusion. Extras per sample: `tier` (0 confident ID, 1 band, 2 confident OOD), the
+    baseline's extras, and the refiner's (prefixed `refiner_` where a name clashes with the baseline's, e.g.
+    refiner_prediction); without `refine_all` the refiner's values are float64 with NaN outside the band.
 
     At `setup("test")` a seeded sample of `validation_size` images of the datamodule's ID train split serves as ID
     validation set (the ID test set is never used): only the baseline scores it, and low / high are the
@@ -84,7 +94,10 @@ class CascadeFusion(OODDetector):
     vim) is fitted through `fit`: the baseline on the rest of the train split, so the validation images are not its
     own neighbours, the refiner on all of it. Every process computes the thresholds; rank 0's are broadcast, so
     they agree exactly. The thresholds are printed, kept as `low` / `high`, logged as fusion/low and fusion/high,
-    and handed to the evaluation (`results_extra`) with the tier counts per test set, as "fusion" in results.json.
+    and handed to the evaluation (`results_extra`) with the tier counts per test set, as "fusion" in results.json,
+    together with each set's cost: the fraction of images the refiner ran on, its UNet and classifier passes per
+    image (where it reports them, as DiffGuardGDM's unet_evals / classifier_evals) and the seconds spent in the
+    baseline and in the refiner (this process's).
 
     The fusion reads what its children read (`inputs`: images and/or cached features, served by the DataModule),
     so any detector can be baseline or refiner, LFDN included. The children are nested LightningModules: Lightning
@@ -100,6 +113,8 @@ class CascadeFusion(OODDetector):
             confidently ID, at or above q_high confidently OOD.
         validation_size: ID validation images drawn from the ID train split (all of it when smaller).
         seed: Seed of that draw.
+        refine_all: Run the refiner on every image, as before the cascade saved anything (its own unfused row
+            in the table, at its full cost); default: only on the band.
     """
 
     def __init__(
@@ -111,6 +126,7 @@ class CascadeFusion(OODDetector):
         quantiles: tuple[float, float] = (0.05, 0.95),
         validation_size: int = 1000,
         seed: int = 0,
+        refine_all: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["baseline", "refiner"])
@@ -129,16 +145,21 @@ class CascadeFusion(OODDetector):
             raise ValueError(f"validation_size must be at least 1, got {validation_size}")
         self.baseline, self.refiner = baseline, refiner
         self.fused_name = f"{refiner_score}+{baseline_score}"
-        self.score_names = (baseline_score, refiner_score, self.fused_name)
         self._refiner_extras = {name: f"refiner_{name}" if name in baseline.extra_names else name
                                 for name in refiner.extra_names}
-        self.extra_names = ("tier", *baseline.extra_names, *self._refiner_extras.values())
+        if refine_all:
+            self.score_names = (baseline_score, refiner_score, self.fused_name)
+            self.extra_names = ("tier", *baseline.extra_names, *self._refiner_extras.values())
+        else:
+            self.score_names = (baseline_score, self.fused_name)
+            self.extra_names = ("tier", *baseline.extra_names, refiner_score, *self._refiner_extras.values())
         names = [*self.score_names, *self.extra_names]
         if len(set(names)) != len(names):
             raise ValueError(f"score and extra names of the fusion clash: {names}")
         self.low: float | None = None
         self.high: float | None = None
         self.validation_count = 0  # ID validation scores behind the thresholds
+        self.seconds: dict[str, dict[str, float]] = {}  # per test set: seconds in the baseline and the refiner
 
     @property
     def inputs(self) -> BatchInputs:
@@ -204,26 +225,52 @@ class CascadeFusion(OODDetector):
     def on_test_start(self) -> None:
         self.baseline.on_test_start()
         self.refiner.on_test_start()
+        self.seconds = {}
 
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         if self.low is None or self.high is None:
             raise RuntimeError("the cascade's thresholds are not set: run through Trainer.test (setup calibrates "
                                "them) or call calibrate()")
         hp = self.hparams
+        seconds = self.seconds.setdefault(dataset, {"baseline": 0.0, "refiner": 0.0})
+        start = time.perf_counter()
         base = self.baseline.score(batch, dataset)
-        refined = self.refiner.score(batch, dataset)
-        b, d = base[hp.baseline_score], refined[hp.refiner_score]
+        b = base[hp.baseline_score]
+        tier = tiers(b, self.low, self.high)
+        seconds["baseline"] += time.perf_counter() - start
+        start = time.perf_counter()
+        if hp.refine_all:
+            refined = self.refiner.score(batch, dataset)
+        else:
+            refined = self._score_band(batch, dataset, tier == 1)
+        seconds["refiner"] += time.perf_counter() - start
+        d = refined[hp.refiner_score]
         return {
             hp.baseline_score: b,
             hp.refiner_score: d,
             self.fused_name: cascade(b, d, self.low, self.high),
-            "tier": tiers(b, self.low, self.high),
+            "tier": tier,
             **{name: base[name] for name in self.baseline.extra_names},
             **{new: refined[old] for old, new in self._refiner_extras.items()},
         }
 
+    def _score_band(self, batch: dict, dataset: str, band: Tensor) -> dict[str, Tensor]:
+        """The refiner's values on the whole batch, computed on its `band` rows only (one call, as one batch):
+        float64, NaN in the other rows. The refiner sees the band rows with their own dataset indices, so their
+        seeded noise and scores are the ones a run on every image gives."""
+        names = (self.hparams.refiner_score, *self._refiner_extras)
+        out = {name: torch.full(band.shape, math.nan, dtype=torch.float64, device=band.device) for name in names}
+        rows = band.nonzero().squeeze(1)
+        if len(rows):
+            whole = len(rows) == len(band)
+            refined = self.refiner.score(batch if whole else _select_rows(batch, rows, len(band)), dataset)
+            for name in names:
+                out[name][rows] = refined[name].detach().to(band.device, torch.float64).reshape(-1)
+        return out
+
     def results_extra(self, per_set: dict[str, dict]) -> dict:
-        """results.json's "fusion": the rule, the thresholds, their validation count and the tiers per test set."""
+        """results.json's "fusion": the rule, the thresholds, their validation count, the tiers and the cost per
+        test set."""
         counts = {name: dict(zip(TIER_NAMES, torch.bincount(torch.as_tensor(s["extras"]["tier"]).long(),
                                                             minlength=3).tolist()))
                   for name, s in per_set.items()}
@@ -231,12 +278,48 @@ class CascadeFusion(OODDetector):
         return {"fusion": {
             "baseline_score": hp.baseline_score, "refiner_score": hp.refiner_score, "fused_score": self.fused_name,
             "quantiles": list(hp.quantiles), "low": self.low, "high": self.high,
-            "validation_images": self.validation_count, "tiers": counts,
+            "validation_images": self.validation_count, "tiers": counts, "refine_all": bool(hp.refine_all),
+            "cost": {name: self._cost(name, s) for name, s in per_set.items()},
         }}
+
+    def _cost(self, name: str, scored: dict) -> dict:
+        """One set's cost: images, how many the refiner ran on (its score is not NaN, or every image with
+        refine_all), their fraction, the refiner's passes per image of the set, and this process's seconds."""
+        extras = scored.get("extras", {})
+        n = len(scored["index"])
+        if self.hparams.refine_all:
+            refined = n
+        else:
+            refined = int(np.isfinite(np.asarray(extras[self.hparams.refiner_score], dtype=np.float64)).sum()) \
+                if n else 0
+        cost = {"images": n, "refined": refined, "refined_fraction": refined / n if n else None}
+        for extra in PASS_EXTRAS:
+            if extra in self._refiner_extras:
+                values = np.asarray(extras[self._refiner_extras[extra]], dtype=np.float64)
+                cost[f"refiner_{extra}_per_image"] = float(np.nansum(values)) / n if n else None
+        seconds = self.seconds.get(name, {"baseline": 0.0, "refiner": 0.0})
+        cost.update({f"{part}_seconds": round(value, 3) for part, value in seconds.items()})
+        return cost
 
     def on_test_epoch_end(self) -> None:
         for key in ("low", "high"):
             self.log(f"fusion/{key}", float(getattr(self, key)), sync_dist=True, reduce_fx="max")
+
+
+def _select_rows(batch: dict, rows: Tensor, size: int) -> dict:
+    """The batch of `size` samples restricted to `rows`: every per-sample entry (a tensor or list of `size`) is
+    indexed, "skipped" (the indices of unreadable items) emptied, anything else kept as it is."""
+    picked = {}
+    for key, value in batch.items():
+        if key == "skipped":
+            picked[key] = value[:0]
+        elif isinstance(value, Tensor) and value.dim() and len(value) == size:
+            picked[key] = value[rows.to(value.device)]
+        elif isinstance(value, list) and len(value) == size:
+            picked[key] = [value[i] for i in rows.tolist()]
+        else:
+            picked[key] = value
+    return picked
 
 
 def _split(n: int, size: int, seed: int) -> tuple[list[int], list[int]]:
