@@ -211,3 +211,14 @@ def test_a_null_class_contradicting_the_export_is_refused_before_any_work(three_
 def test_a_schedule_other_than_the_exports_is_refused(three_class_export):
     with pytest.raises(ValueError, match="beta_end is 0.012 here but 0.02 in training"):
         _on_export(three_class_export, beta_end=0.012)
+
+
+def test_an_export_whose_null_class_is_not_the_last_embedding_is_refused(three_class_export, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(three_class_export, tmp_path / "unet")
+    info = json.loads((folder / "diffguard.json").read_text())
+    (folder / "diffguard.json").write_text(json.dumps({**info, "null_class": 2}))
+    with pytest.raises(ValueError, match="the UNet has 4 class embeddings but diffguard.json names class 2"):
+        _on_export(folder)

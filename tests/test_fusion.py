@@ -416,3 +416,28 @@ def test_the_fusion_block_is_in_the_results_every_file_is_written_from(tmp_path,
                         lambda out, results, *a, **k: written.append(dict(results)) or real(out, results, *a, **k))
     _run(_config(tmp_path, {"class_path": f"{__name__}.Brightness"}, "brightness"))
     assert len(written) == 1 and written[0]["fusion"] == json.loads((tmp_path / "results.json").read_text())["fusion"]
+
+
+def test_baseline_and_refiner_with_the_same_classifier_hold_one_copy(unet_dir, tmp_path):
+    from ood_lightning.classifiers import Classifier, build_classifier
+    from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
+
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        files.append(str(tmp_path / f"resnet20_{seed}.pt"))
+        torch.save(build_classifier("cifar_resnet20", None, 10).net.state_dict(), files[-1])
+    gdm = {key: value for key, value in _gdm(unet_dir)["init_args"].items() if key != "classifier_weights"}
+
+    def fusion(baseline_file, refiner_file):
+        return CascadeFusion(ClassifierBaselines("cifar_resnet20", baseline_file, scores=["mls"]),
+                             DiffGuardGDM(**gdm, classifier_weights=refiner_file), "mls", "logits_l1")
+
+    shared = fusion(files[0], files[0])
+    assert shared.shared_classifier and shared.baseline.classifier is shared.refiner.classifier
+    assert sum(isinstance(m, Classifier) for m in shared.modules()) == 1
+    apart = fusion(files[0], files[1])  # other weights: two networks
+    assert not apart.shared_classifier and apart.baseline.classifier is not apart.refiner.classifier
+    images = {"image": torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+    torch.testing.assert_close(shared.baseline.eval().score(images, "id")["mls"],
+                               apart.baseline.eval().score(images, "id")["mls"], rtol=0, atol=0)

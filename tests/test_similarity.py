@@ -221,3 +221,24 @@ def test_loaded_vgg_holds_the_file_weights(weights, distances):
     model = distances["dists"].dists.model
     torch.testing.assert_close(model[0].weight, state["features.0.weight"])
     torch.testing.assert_close(distances["lpips"].lpips.model[28].bias, state["features.28.bias"])
+
+
+def test_dists_and_lpips_read_and_build_the_vgg16_once(weights, distances, monkeypatch):
+    """build_distances reads the VGG16 file once for both measures; they share its convolutions but each keeps its
+    own pooling (DISTS swaps max-pooling for L2 pooling), and both measure what they measure when built alone."""
+    reads = []
+    real = similarity.load_checkpoint
+    monkeypatch.setattr(similarity, "load_checkpoint", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    both = similarity.build_distances(["dists", "lpips", "l2"], **weights)
+    assert sorted(reads) == sorted([weights["vgg16_weights"], weights["dists_weights"], weights["lpips_weights"]])
+    dists, lpips = both["dists"].dists.model, both["lpips"].lpips.model
+    assert dists[0].weight is lpips[0].weight  # one copy of the convolutions
+    assert isinstance(lpips[4], nn.MaxPool2d) and not isinstance(dists[4], nn.MaxPool2d)
+    x = _images()
+    y = _perturbed(x, 0.1)
+    for name in ("dists", "lpips"):
+        torch.testing.assert_close(both[name](x, y), distances[name](x, y), rtol=1e-6, atol=1e-7)
+    reads.clear()
+    with pytest.raises(FileNotFoundError, match="lpips_weights is not set"):  # every file checked before any read
+        similarity.build_distances(["dists", "lpips"], **{**weights, "lpips_weights": None})
+    assert reads == []

@@ -28,8 +28,10 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ood_lightning.classifiers import Classifier
 from ood_lightning.data.feature_cache import BatchInputs
 from ood_lightning.detectors.base import OODDetector
+from ood_lightning.detectors.baselines import ClassifierBaselines
 
 __all__ = ["CascadeFusion", "cascade", "squash", "tiers"]
 
@@ -103,6 +105,9 @@ class CascadeFusion(OODDetector):
     so any detector can be baseline or refiner, LFDN included. The children are nested LightningModules: Lightning
     attaches the trainer to them and moves them with this module; `setup` and `on_test_start` are forwarded
     (e.g. DiffGuard's inference-mode check); pictures they `show` reach the evaluation like the fusion's own.
+    When a ClassifierBaselines baseline and the refiner hold the same classifier (same architecture, normalisation
+    and weights, e.g. the DenseNet of configs/fusion/), the baseline uses the refiner's copy (`shared_classifier`):
+    one network in memory and on the device instead of two.
 
     Args:
         baseline: The detector trusted where it is confident, e.g. ClassifierBaselines.
@@ -144,6 +149,7 @@ class CascadeFusion(OODDetector):
         if validation_size < 1:
             raise ValueError(f"validation_size must be at least 1, got {validation_size}")
         self.baseline, self.refiner = baseline, refiner
+        self.shared_classifier = _share_classifier(baseline, refiner)
         self.fused_name = f"{refiner_score}+{baseline_score}"
         self._refiner_extras = {name: f"refiner_{name}" if name in baseline.extra_names else name
                                 for name in refiner.extra_names}
@@ -304,6 +310,26 @@ class CascadeFusion(OODDetector):
     def on_test_epoch_end(self) -> None:
         for key in ("low", "high"):
             self.log(f"fusion/{key}", float(getattr(self, key)), sync_dist=True, reduce_fx="max")
+
+
+def _share_classifier(baseline: OODDetector, refiner: OODDetector) -> bool:
+    """Point a ClassifierBaselines baseline at the refiner's `classifier` where both are the same network (class,
+    name, normalisation, frozen-ness and every weight equal); whether it did. Only ClassifierBaselines is rewired:
+    it refers to its classifier through that one attribute, while other detectors may hold hooks or bound methods
+    of theirs."""
+    mine, theirs = getattr(baseline, "classifier", None), getattr(refiner, "classifier", None)
+    if not (isinstance(baseline, ClassifierBaselines) and isinstance(mine, Classifier)
+            and isinstance(theirs, Classifier)) or mine is theirs:
+        return mine is theirs and mine is not None
+    if (type(mine.net), mine.name, mine.frozen) != (type(theirs.net), theirs.name, theirs.frozen):
+        return False
+    same = [torch.equal(mine.mean, theirs.mean), torch.equal(mine.std, theirs.std)]
+    a, b = mine.state_dict(), theirs.state_dict()
+    same.append(a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a))
+    if not all(same):
+        return False
+    baseline.classifier = theirs
+    return True
 
 
 def _select_rows(batch: dict, rows: Tensor, size: int) -> dict:

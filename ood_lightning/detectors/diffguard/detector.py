@@ -13,7 +13,7 @@ from ood_lightning.detectors.base import OODDetector
 from ood_lightning.errors import UnlabelledSetError
 from ood_lightning.noise import sample_seed
 
-from .similarity import build_distance
+from .similarity import build_distances
 
 
 class DiffGuardDetector(OODDetector):
@@ -42,8 +42,9 @@ class DiffGuardDetector(OODDetector):
         self.classifier = build_classifier(classifier, classifier_weights, num_classes, mean, std).requires_grad_(False)
         self.weight_files = {"vgg16_weights": vgg16_weights, "dists_weights": dists_weights,
                              "lpips_weights": lpips_weights}
-        self.distances = torch.nn.ModuleDict(
-            {name: build_distance(name, classifier=self.classifier, **self.weight_files) for name in similarities})
+        # dists and lpips share one read of the VGG16 file
+        self.distances = torch.nn.ModuleDict(build_distances(similarities, classifier=self.classifier,
+                                                             **self.weight_files))
         self._grids_done: set[str] = set()
 
     def on_test_start(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from unittest import mock
 
 import piq
@@ -46,6 +47,7 @@ __all__ = [
     "SSIMDistance",
     "WeightFile",
     "build_distance",
+    "build_distances",
     "dists_similarity_unclamped",
     "psnr_db",
 ]
@@ -91,8 +93,8 @@ LPIPS_FILE = WeightFile("lpips_weights", "lpips_weights.pt", "piq's LPIPS-VGG li
 WEIGHT_FILES = (VGG16_FILE, DISTS_FILE, LPIPS_FILE)
 
 
-def _imagenet_vgg16(path: str) -> nn.Module:
-    """torchvision's VGG16 with the file's `features.*` weights, loaded strictly.
+def _vgg16_features(path: str) -> nn.Sequential:
+    """torchvision's VGG16 `features` with the file's `features.*` weights, loaded strictly.
 
     The network is built on the meta device and only `features` is materialised: piq uses nothing else, and
     the 100M-parameter classifier would cost seconds and 400 MB for nothing.
@@ -107,22 +109,22 @@ def _imagenet_vgg16(path: str) -> nn.Module:
         vgg.features.load_state_dict(features)
     except RuntimeError as err:
         raise ValueError(f"{path} does not hold torchvision's VGG16 weights ({VGG16_FILE.filename}): {err}") from None
-    return vgg
+    return vgg.features
 
 
-def _build_piq(cls: type[nn.Module], vgg16_path: str, file: WeightFile, weights: object) -> nn.Module:
-    """Run piq's own constructor with its two downloads answered from already-loaded local files.
+def _build_piq(cls: type[nn.Module], vgg16_features: nn.Sequential, file: WeightFile, weights: object) -> nn.Module:
+    """Run piq's own constructor with its two downloads answered from already-loaded local data.
 
     piq 0.8 takes no weight paths: its constructors call torchvision's `vgg16(pretrained=True)` (through the
     name `piq.perceptual.vgg16`) and `torch.hub.load_state_dict_from_url(<its URL>)`. Both names point at local
     data for the duration of the call only, so piq still chooses the layers, splits alpha/beta and swaps the
     pooling. A URL other than the expected one raises instead of downloading: a piq upgrade that changes what
-    it fetches fails loudly here.
+    it fetches fails loudly here. piq gets a new container of the given layers: DISTS swaps the max-pooling
+    layers of its container for L2 pooling, so a second measure built on the same layers (`build_distances`)
+    keeps its own pooling while the convolutions, and their weights, exist once.
     """
-    vgg = _imagenet_vgg16(vgg16_path)
-
-    def local_vgg16(**_: object) -> nn.Module:
-        return vgg
+    def local_vgg16(**_: object) -> SimpleNamespace:
+        return SimpleNamespace(features=nn.Sequential(*vgg16_features))  # piq reads only `.features`
 
     def local_hub(url: str, *_: object, **__: object) -> object:
         if url != file.url:
@@ -143,7 +145,8 @@ class DISTSDistance(nn.Module):
     moves its VGG16 to the input's dtype on every call.
     """
 
-    def __init__(self, vgg16_weights: str | os.PathLike | None, dists_weights: str | os.PathLike | None):
+    def __init__(self, vgg16_weights: str | os.PathLike | None, dists_weights: str | os.PathLike | None,
+                 vgg16_features: nn.Sequential | None = None):
         super().__init__()
         vgg16_path = VGG16_FILE.require(vgg16_weights, "dists")
         dists_path = DISTS_FILE.require(dists_weights, "dists")
@@ -152,7 +155,8 @@ class DISTSDistance(nn.Module):
                 and all(isinstance(weights.get(k), Tensor) for k in ("alpha", "beta"))):
             raise ValueError(f"{dists_path} does not hold piq's DISTS weights ({DISTS_FILE.filename}): "
                              "expected a dict with tensors 'alpha' and 'beta'")
-        self.dists = _build_piq(piq.DISTS, vgg16_path, DISTS_FILE, weights)
+        features = _vgg16_features(vgg16_path) if vgg16_features is None else vgg16_features
+        self.dists = _build_piq(piq.DISTS, features, DISTS_FILE, weights)
 
     def forward(self, reference: Tensor, synthesis: Tensor) -> Tensor:
         return self.dists(synthesis.float(), reference.float())
@@ -161,7 +165,8 @@ class DISTSDistance(nn.Module):
 class LPIPSDistance(nn.Module):
     """LPIPS on VGG16 (Zhang et al. 2018) as piq computes it: 0 for identical images; float32 as DISTSDistance."""
 
-    def __init__(self, vgg16_weights: str | os.PathLike | None, lpips_weights: str | os.PathLike | None):
+    def __init__(self, vgg16_weights: str | os.PathLike | None, lpips_weights: str | os.PathLike | None,
+                 vgg16_features: nn.Sequential | None = None):
         super().__init__()
         vgg16_path = VGG16_FILE.require(vgg16_weights, "lpips")
         lpips_path = LPIPS_FILE.require(lpips_weights, "lpips")
@@ -169,7 +174,8 @@ class LPIPSDistance(nn.Module):
         if not (isinstance(weights, Sequence) and weights and all(isinstance(w, Tensor) for w in weights)):
             raise ValueError(f"{lpips_path} does not hold piq's LPIPS weights ({LPIPS_FILE.filename}): "
                              "expected a list of per-layer tensors")
-        self.lpips = _build_piq(piq.LPIPS, vgg16_path, LPIPS_FILE, list(weights))
+        features = _vgg16_features(vgg16_path) if vgg16_features is None else vgg16_features
+        self.lpips = _build_piq(piq.LPIPS, features, LPIPS_FILE, list(weights))
 
     def forward(self, reference: Tensor, synthesis: Tensor) -> Tensor:
         return self.lpips(synthesis.float(), reference.float())
@@ -214,12 +220,14 @@ class LogitsL1Distance(nn.Module):
         return (self.classifier(synthesis).float() - self.classifier(reference).float()).abs().sum(dim=1)
 
 
-def _dists(vgg16_weights: str | None, dists_weights: str | None, **_: object) -> nn.Module:
-    return DISTSDistance(vgg16_weights, dists_weights)
+def _dists(vgg16_weights: str | None, dists_weights: str | None, vgg16_features: nn.Sequential | None,
+           **_: object) -> nn.Module:
+    return DISTSDistance(vgg16_weights, dists_weights, vgg16_features)
 
 
-def _lpips(vgg16_weights: str | None, lpips_weights: str | None, **_: object) -> nn.Module:
-    return LPIPSDistance(vgg16_weights, lpips_weights)
+def _lpips(vgg16_weights: str | None, lpips_weights: str | None, vgg16_features: nn.Sequential | None,
+           **_: object) -> nn.Module:
+    return LPIPSDistance(vgg16_weights, lpips_weights, vgg16_features)
 
 
 def _logits_l1(classifier: nn.Module | None, **_: object) -> nn.Module:
@@ -237,20 +245,39 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "logits_l1": _logits_l1,
 }
 DISTANCES = tuple(_BUILDERS)
+_ON_VGG16 = {"dists": DISTS_FILE, "lpips": LPIPS_FILE}  # the measures built on VGG16 features, and their own file
 
 
 def build_distance(name: str, *, vgg16_weights: str | os.PathLike | None = None,
                    dists_weights: str | os.PathLike | None = None, lpips_weights: str | os.PathLike | None = None,
-                   classifier: nn.Module | None = None) -> nn.Module:
+                   classifier: nn.Module | None = None, vgg16_features: nn.Sequential | None = None) -> nn.Module:
     """The distance `name` (one of DISTANCES): a module mapping (reference, synthesis) to [B] float32 distances.
 
     Arguments a measure does not use are ignored, so a caller can pass one set of paths for every measure. The
-    modules need no gradients; callers wrap them in torch.no_grad().
+    modules need no gradients; callers wrap them in torch.no_grad(). `vgg16_features`: VGG16 layers already read
+    from `vgg16_weights` (see `build_distances`), instead of reading the file again.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown distance {name!r}; valid names: {', '.join(DISTANCES)}")
     return _BUILDERS[name](vgg16_weights=vgg16_weights, dists_weights=dists_weights, lpips_weights=lpips_weights,
-                           classifier=classifier)
+                           classifier=classifier, vgg16_features=vgg16_features)
+
+
+def build_distances(names: Sequence[str], *, vgg16_weights: str | os.PathLike | None = None,
+                    dists_weights: str | os.PathLike | None = None, lpips_weights: str | os.PathLike | None = None,
+                    classifier: nn.Module | None = None) -> dict[str, nn.Module]:
+    """{name: build_distance(name, ...)} with the VGG16 file read once and its convolutions built once for all the
+    measures that use it (dists and lpips: 528 MB read and 15 M parameters once instead of twice). Every weight
+    file is checked before any is read."""
+    files = {"vgg16_weights": vgg16_weights, "dists_weights": dists_weights, "lpips_weights": lpips_weights}
+    on_vgg = [name for name in names if name in _ON_VGG16]
+    features = None
+    if len(on_vgg) > 1:
+        for name in on_vgg:
+            VGG16_FILE.require(vgg16_weights, name)
+            _ON_VGG16[name].require(files[_ON_VGG16[name].argument], name)
+        features = _vgg16_features(VGG16_FILE.require(vgg16_weights, on_vgg[0]))
+    return {name: build_distance(name, classifier=classifier, vgg16_features=features, **files) for name in names}
 
 
 def psnr_db(x: Tensor, y: Tensor) -> Tensor:

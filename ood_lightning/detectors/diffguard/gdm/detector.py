@@ -128,6 +128,10 @@ class DiffGuardGDM(DiffGuardDetector):
                                  "leave null_class out (it is read from there)")
             self.null_class = info["null_class"]
         self.unet = load_pixel_unet(diffusion_model, adm_num_head_channels)
+        if info is not None and self.unet.config.num_class_embeds != info["null_class"] + 1:  # as DiffGuardLDM
+            raise ValueError(f"{diffusion_model}: the UNet has {self.unet.config.num_class_embeds} class embeddings "
+                             f"but {EXPORT_INFO} names class {info['null_class']} as the null class (expected the "
+                             "last); re-export the model with configs/diffusion/")
         self.stop_dists = None  # the DISTS of the early-stop rule: the scoring one when that is on (one VGG copy)
         if stop_dists_similarity is not None:
             self.stop_dists = self.distances["dists"] if "dists" in self.distances else build_distance(
