@@ -35,6 +35,10 @@ def main(args: list[str] | None = None) -> None:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     if isinstance(cli.model, OODDetector):  # the training configs' models have no OOD scores to test
         cli.calibrate()  # thresholds on held-out ID train images, when the benchmark leaves some out of training
+        if not cli.datamodule.has_test:
+            print("No OOD test sets in this benchmark (folders without ood): trained, nothing to evaluate; "
+                  "score new images with predict.py (docs/predict.md).")
+            return
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
 
 

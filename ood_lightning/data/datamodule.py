@@ -78,8 +78,8 @@ class OODDataModule(L.LightningDataModule):
         download: Let presets with torchvision sets (lfdn_*) download CIFAR/SVHN; nothing is ever downloaded
             otherwise.
         id_train: folders preset: folder of in-distribution train images (optional).
-        id_test: folders preset: folder of in-distribution test images.
-        ood: folders preset: OOD set name -> folder of its images; on the command line
+        id_test: folders preset: folder of in-distribution test images (needed with ood).
+        ood: folders preset: OOD set name -> folder of its images (none: train and calibrate only); on the command line
             --data.ood '{tin: /data/tin, mnist: /data/mnist}' or one set at a time: --data.ood.tin /data/tin.
         train: Build the in-distribution train split; false for evaluation-only runs whose train images are not on
             disk (OpenOOD does not distribute ImageNet train images).
@@ -150,6 +150,12 @@ class OODDataModule(L.LightningDataModule):
         if stage == "test":
             self.test_sets = {name: self.served(dataset, name) for name, dataset in self.test_sets.items()}
 
+    @property
+    def has_test(self) -> bool:
+        """Whether the benchmark has OOD sets to evaluate on (folders may hold in-distribution images only)."""
+        self.build_sets()
+        return bool(self.test_sets)
+
     def model_inputs(self) -> BatchInputs:
         """What the trainer's model reads from a batch (its `inputs`); images alone without a trainer or model."""
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -183,7 +189,7 @@ class OODDataModule(L.LightningDataModule):
         hp = self.hparams
         self.train_set, self.calibration_set = calibration_split(benchmark.id_train, hp.train_subset,
                                                                  self.calibration_size, hp.data_seed)
-        sets = {ID_SET: benchmark.id_test, **benchmark.ood}
+        sets = {} if benchmark.id_test is None or not benchmark.ood else {ID_SET: benchmark.id_test, **benchmark.ood}
         self.test_sets = {name: subset(ds, hp.eval_subset, hp.data_seed) for name, ds in sets.items()}
         self.test_sources = dict(self.test_sets)  # as built, before `served` wraps them: where each sample comes from
         self.groups = benchmark.groups

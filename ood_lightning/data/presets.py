@@ -28,13 +28,13 @@ class Benchmark:
 
     name: str
     id_train: Dataset | None
-    id_test: Dataset
+    id_test: Dataset | None  # None: nothing to evaluate (folders with train images only)
     ood: dict[str, Dataset]
     groups: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def id_name(self) -> str:
-        return self.id_test.name
+        return (self.id_test if self.id_test is not None else self.id_train).name
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SetSpec:
 @dataclass
 class Plan:
     id_train: SetSpec | None
-    id_test: SetSpec
+    id_test: SetSpec | None
     ood: list[SetSpec]
     groups: dict[str, list[str]] = field(default_factory=dict)
 
@@ -117,7 +117,7 @@ def build_benchmark(name: str, root: str | Path | None = None, transform: Transf
     plan = preset.plan(None if root is None else Path(root), transform or default_transform(), **options)
     train_spec = plan.id_train if train else None
     roles = [] if train_spec is None else [(f"ID train set '{train_spec.name}'", train_spec)]
-    roles += [(f"ID test set '{plan.id_test.name}'", plan.id_test)]
+    roles += [] if plan.id_test is None else [(f"ID test set '{plan.id_test.name}'", plan.id_test)]
     roles += [(f"OOD set '{spec.name}'", spec) for spec in plan.ood]
     names = [spec.name for _, spec in roles]
     if len(set(names)) != len(names):
@@ -125,12 +125,12 @@ def build_benchmark(name: str, root: str | Path | None = None, transform: Transf
     _check_needs(name, roles)
     built = _build_all(name, [spec for _, spec in roles])
     id_train = None if train_spec is None else built.pop(train_spec.name)
-    id_test = built.pop(plan.id_test.name)
+    id_test = None if plan.id_test is None else built.pop(plan.id_test.name)
     _check_classes(id_train, id_test)
     return Benchmark(
         name=name,
         id_train=None if id_train is None else subset(id_train, max_per_set, seed),
-        id_test=subset(id_test, max_per_set, seed),
+        id_test=None if id_test is None else subset(id_test, max_per_set, seed),
         ood={spec.name: subset(built[spec.name], max_per_set, seed) for spec in plan.ood},
         groups={group: list(members) for group, members in plan.groups.items()},
     )
@@ -162,7 +162,7 @@ def _build_all(name: str, specs: list[SetSpec]) -> dict[str, Dataset]:
     return built
 
 
-def _check_classes(id_train: Dataset | None, id_test: Dataset) -> None:
+def _check_classes(id_train: Dataset | None, id_test: Dataset | None) -> None:
     train_classes, test_classes = getattr(id_train, "classes", []), getattr(id_test, "classes", [])
     if train_classes and test_classes and train_classes != test_classes:
         raise ValueError(f"ID train and test sets have different classes: {train_classes} vs {test_classes}; "
@@ -432,21 +432,28 @@ def _openood_v10_imagenet(root: Path, transform: Transform) -> Plan:
 @_preset("folders", needs_root=False)
 def _folders(root: Path | None, transform: Transform, id_test: str | None = None,
              ood: dict[str, str] | None = None, id_train: str | None = None) -> Plan:
-    """Your own images: `id_test` (and optionally `id_train`) folders in distribution, `ood` a mapping
-    name -> folder of OOD images. Folders hold class subfolders (labels = sorted class index) or images directly
-    (labels -1). Relative paths are taken from root when root is given."""
-    if id_test is None or not ood:
-        raise ValueError("benchmark 'folders' needs options id_test (a folder of in-distribution test images) and "
-                         "ood (a mapping name -> folder of OOD images)")
+    """Your own images: `id_train` and/or `id_test` folders in distribution, `ood` a mapping name -> folder of OOD
+    images. Folders hold class subfolders (labels = sorted class index) or images directly (labels -1). Relative
+    paths are taken from root when root is given. With in-distribution images only (no `ood`, or no `id_test`) a
+    detector trains and calibrates on them (train.py), and there is no test to run."""
+    if id_test is None and id_train is None:
+        raise ValueError("benchmark 'folders' needs id_train (a folder of in-distribution train images) and/or "
+                         "id_test (in-distribution test images), plus ood (a mapping name -> folder of OOD images) "
+                         "to evaluate on")
+    if id_test is None and ood:
+        raise ValueError("benchmark 'folders': OOD folders are compared with in-distribution test images; give "
+                         "id_test too")
+    ood = ood or {}
 
     def resolve(path: str) -> Path:
         return Path(path) if root is None else root / path
 
-    id_name = _folder_set_name(resolve(id_test))
+    id_name = None if id_test is None else _folder_set_name(resolve(id_test))
     return Plan(
         id_train=None if id_train is None else _folder(_train_set_name(resolve(id_train)), resolve(id_train),
                                                        "in-distribution train images", transform),
-        id_test=_folder(id_name, resolve(id_test), "in-distribution test images", transform),
+        id_test=None if id_test is None else _folder(id_name, resolve(id_test), "in-distribution test images",
+                                                     transform),
         ood=[_folder(name, resolve(path), "OOD images", transform, ood=True) for name, path in ood.items()],
     )
 
