@@ -223,13 +223,17 @@ class PostHocDetector(OODDetector):
         return {rep: torch.cat(v) for rep, v in parts.items()}, torch.cat(labels)
 
     def _represent(self, images: Tensor, needed: set[str]) -> dict[str, Tensor]:
-        """The classifier's logits / features / feature maps of `images`, each computed at most once."""
-        out = {}
-        if needed & {"logits", "features", POOLED}:
-            out["logits"], out["features"] = (t.float() for t in self.classifier.logits_and_features(images))
-            out[POOLED] = out["features"][:, :, None, None]
+        """The classifier's logits / features / feature maps of `images` from one pass: when maps are needed,
+        features are their pool and logits the head's output on those."""
         if "feature_maps" in needed:
-            out["feature_maps"] = self.classifier.feature_maps(images).float()
+            maps = self.classifier.feature_maps(images)
+            feats = self.classifier.net.pool_maps(maps)
+            out = {"feature_maps": maps.float(), "logits": self.classifier.head(feats).float(),
+                   "features": feats.float()}
+        else:
+            logits, feats = self.classifier.logits_and_features(images)
+            out = {"logits": logits.float(), "features": feats.float()}
+        out[POOLED] = out["features"][:, :, None, None]
         return out
 
     # -- scoring -----------------------------------------------------------------------------------------
