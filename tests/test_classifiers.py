@@ -123,3 +123,69 @@ def test_each_registry_entry_names_the_final_feature_map_for_grad_cam(name):
         handle.remove()
     (activation,) = seen
     assert activation.ndim == 4 and activation.shape[:2] == (2, model.feature_dim)
+
+
+# ------------------------------------------------------------------------------------- your own classifier
+def test_a_timm_model_from_a_local_weights_file(tmp_path):
+    """timm:<name> builds without downloading, reads the class count from the file, loads strictly and exposes the
+    logits, the pooled penultimate feature, the maps before the pool and the Grad-CAM layer."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    torch.save(reference.state_dict(), tmp_path / "tiny.pth")
+    model = build_classifier("timm:test_resnet", str(tmp_path / "tiny.pth"), mean=[0.5] * 3, std=[0.25] * 3)
+    x = torch.rand(2, 3, 32, 32)
+    expected = reference((x - 0.5) / 0.25)
+    logits, feats = model.logits_and_features(x)
+    torch.testing.assert_close(logits, expected)
+    assert model.num_classes == 3 and feats.shape == (2, model.feature_dim)
+    torch.testing.assert_close(model.logits_from_maps(model.feature_maps(x)), expected)
+    assert model.cam_layer is model.net.model.layer4
+    assert model.mean.flatten().tolist() == [0.5] * 3
+    default = build_classifier("timm:test_resnet", str(tmp_path / "tiny.pth"))  # timm's own normalisation
+    torch.testing.assert_close(default.mean.flatten(), torch.tensor(reference.pretrained_cfg["mean"]))
+
+
+class _Own(torch.nn.Module):
+    """A user's own network: maps -> pool -> dropout -> linear."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.maps = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU())
+        self.drop = torch.nn.Dropout(0.5)
+        self.out = torch.nn.Linear(6, classes)
+
+    def forward(self, x):
+        return self.out(self.drop(self.maps(x).mean((2, 3))))
+
+
+def test_any_module_by_class_path_from_a_yaml_spec(tmp_path):
+    """A spec file works wherever a classifier name does (ClassifierBaselines here); its features are the head's
+    input, its maps the named layer's output, and wrong layer names are caught on the first batch."""
+    import yaml
+
+    from ood_lightning.detectors.baselines import ClassifierBaselines
+
+    torch.manual_seed(0)
+    torch.save(_Own().state_dict(), tmp_path / "own.pt")
+    spec = {"class_path": f"{__name__}._Own", "init_args": {"classes": 3}, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "feature_maps_layer": "maps", "cam_layer": "maps.0"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
+    det = ClassifierBaselines(str(tmp_path / "own.yaml"), str(tmp_path / "own.pt"), scores=["mls"])
+    model = det.classifier
+    x = torch.rand(4, 3, 9, 9)
+    logits, feats = model.logits_and_features(x)
+    torch.testing.assert_close(logits, model.net.model((x - 0.5) / 0.5))
+    torch.testing.assert_close(feats, model.net.model.maps((x - 0.5) / 0.5).mean((2, 3)))
+    torch.testing.assert_close(model.logits_from_maps(model.feature_maps(x)), logits)
+    assert model.cam_layer is model.net.model.maps[0] and model.feature_dim == 6
+    wrong = build_classifier({**spec, "feature_layer": "maps"}, str(tmp_path / "own.pt"))
+    with pytest.raises(ValueError, match="not its head applied to the penultimate feature"):
+        wrong.features(x)
+    with pytest.raises(ValueError, match="has no module 'nope'"):
+        build_classifier({**spec, "cam_layer": "nope"}, None)
+    with pytest.raises(ValueError, match="give the normalisation"):
+        build_classifier({"class_path": f"{__name__}._Own"}, None)
+    with pytest.raises(StateDictMismatchError):
+        build_classifier({**spec, "init_args": {"classes": 4}}, str(tmp_path / "own.pt"))
