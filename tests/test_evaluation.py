@@ -71,3 +71,23 @@ def test_test_step_returns_the_scores_for_the_evaluation():
     model.score({"image": images}, "id")
     (name, grid, caption), = model.shown
     assert name == "first_id_batch" and grid.shape == (3, 4, 4) and caption == "an ID image"
+
+
+def test_calibrate_sets_thresholds_on_train_images_and_the_results_report_them(tmp_path, capsys):
+    out = tmp_path / "results"
+    _evaluate(tmp_path, "--results_dir", str(out), "--plots", "false", "--data.train_subset", "20",
+              "--calibrate", "true", "--calibration_size", "30")
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["n_id"] == 30 and calibration["detector"] == "Brightness"
+    threshold = calibration["scores"]["brightness"]["threshold"]
+    results = json.loads((out / "results.json").read_text())
+    block = results["calibrated"]["scores"]["brightness"]
+    with np.load(out / "scores" / "id.npz") as id_scores, np.load(out / "scores" / "digits_5_9.npz") as ood:
+        assert block["id_tpr"] == np.mean(id_scores["score_brightness"] <= threshold)
+        assert block["detected/digits_5_9"] == np.mean(ood["score_brightness"] > threshold)
+        assert len(id_scores["path"]) == N and all("#" in str(path) for path in id_scores["path"])  # in memory
+    assert "At the calibrated thresholds" in capsys.readouterr().out
+    _evaluate(tmp_path, "--results_dir", str(out), "--plots", "false")  # a later evaluation finds it
+    assert json.loads((out / "results.json").read_text())["calibrated"]["scores"]["brightness"] == block
+    _evaluate(tmp_path, "--results_dir", str(tmp_path / "elsewhere"), "--plots", "false")
+    assert "No calibration.json for this run" in capsys.readouterr().out
