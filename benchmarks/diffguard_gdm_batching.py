@@ -3,15 +3,23 @@
     python benchmarks/diffguard_gdm_batching.py                 # extracts ../shared/data into data/ if needed
     python benchmarks/diffguard_gdm_batching.py --images 8 --batch-size 8 --width 64
     python benchmarks/diffguard_gdm_batching.py --unet runs/.../unet --null-class 10   # a trained model
+    python benchmarks/diffguard_gdm_batching.py --proof-runs runs/bench_mnist --images 16 --batch-size 16 \
+        --tag mnist_trained       # the MNIST proof's trained models (python benchmarks/diffguard_mnist.py makes them)
+    python benchmarks/diffguard_gdm_batching.py --proof-runs runs/bench_mnist --random-unet mnist --images 4 \
+        --batch-size 4 --threads 1 --tag mnist_random    # the proof's classifier and data, a random MNIST UNet
 
 The released GDM config (ddim100, at most 90 inversion steps with the PSNR early-stop rule, re-synthesis from the
 stop index + 2 with Clean Grad guidance and the unguided twin) scores the same CIFAR-10 / Tiny-ImageNet JPEGs twice,
 once one image at a time (what the reference's early stop forces) and once in batches, and checks that the scores
 agree. The classifier is the real DenseNet-BC-100 of ../shared/weights; the diffusion model is a randomly initialised
 DDPM-CIFAR-10-shaped diffusers UNet (no pre-trained one can be loaded offline) unless --unet gives a trained one;
-with a random model the scores mean nothing: this measures cost, not detection. Writes
-benchmarks/results/diffguard_gdm_batching.{json,md}: wall time per setting, UNet and classifier image passes per
-image (from the detector's own per-sample accounting) and the largest score difference between the two runs.
+with a random model the scores mean nothing: this measures cost, not detection. `--proof-runs` takes both models from
+the MNIST proof's run folder (benchmarks/diffguard_mnist.py: <dir>/unet, <dir>/classifier.pt) and scores its
+mnist_0_4 digits at the proof's 16 px; `--random-unet mnist` a random model shaped as configs/diffusion/mnist_0_4.yaml instead of a trained one.
+Writes benchmarks/results/diffguard_gdm_batching[_tag].{json,md}: wall time per setting and where it went (seconds in
+UNet calls, classifier forward passes, the Clean Grad guidance with its backward pass, of which the cutouts, and the
+rest: the sampler's masking and DDIM arithmetic, data and evaluation), UNet and classifier image passes per image
+(from the detector's own per-sample accounting) and the largest score difference between the two runs.
 """
 from __future__ import annotations
 
@@ -20,11 +28,13 @@ import json
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from diffusers import UNet2DModel
 from lfdn_cifar10_jpeg import ensure_extracted
 
@@ -32,6 +42,7 @@ from ood_lightning.data.datamodule import OODDataModule
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.evaluation import Evaluation
 from ood_lightning.io import atomic_write_text
+from ood_lightning.training.diffusion import ClassConditionalDiffusion
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO.parent / "shared" / "weights" / "cifar10_densenet_bc100.pt"
@@ -45,19 +56,76 @@ def random_ddpm_unet(folder: Path, width: int) -> None:
                 up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")).save_pretrained(folder)
 
 
-def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) -> tuple[float, dict]:
+def random_mnist_unet(folder: Path) -> None:
+    """A random (seed 0) model of configs/diffusion/mnist_0_4.yaml's architecture, exported as that config would."""
+    config = yaml.safe_load((REPO / "configs" / "diffusion" / "mnist_0_4.yaml").read_text())["model"]["init_args"]
+    torch.manual_seed(0)
+    ClassConditionalDiffusion(**{k: v for k, v in config.items() if k != "export_dir"}).export(folder)
+
+
+class Timer:
+    """Seconds spent inside wrapped callables, per name; time inside a call nested in another timed call also goes
+    to "<name>_in_<outer>" (the classifier's forward passes inside the guidance)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.active: list[str] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            outer = self.active[-1] if self.active else None
+            self.active.append(name)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.active.pop()
+                spent = time.perf_counter() - start
+                self.seconds[name] += spent
+                if outer:
+                    self.seconds[f"{name}_in_{outer}"] += spent
+        return timed
+
+
+def attach_timers(model: DiffGuardGDM, timer: Timer) -> None:
+    """Time the UNet, the classifier's forward passes, the guidance and its cutouts (instance attributes only)."""
+    model.unet.forward = timer.wrap("unet", model.unet.forward)
+    model.classifier.forward = timer.wrap("classifier_forward", model.classifier.forward)
+    guidance = model.guidance
+    guidance.cutouts = _Timed(guidance.cutouts, timer.wrap("cutouts", guidance.cutouts.__call__))
+    model.guidance = _Timed(guidance, timer.wrap("guidance", guidance.__call__))
+
+
+class _Timed:
+    """An object whose calls go through `call` (a timed version of its own __call__)."""
+
+    def __init__(self, inner, call):
+        self.inner, self.call = inner, call
+
+    def __call__(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+
+def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) -> tuple[float, dict, dict]:
+    size = 16 if args.proof_runs else 32
     model = DiffGuardGDM(diffusion_model=str(unet_dir), classifier=args.classifier,
                          classifier_weights=args.classifier_weights, num_classes=args.num_classes,
-                         stop_dists_similarity=None, cutouts=0, cutout_size=32, similarities=["logits_l1", "l2"],
+                         stop_dists_similarity=None, cutouts=0, cutout_size=size, similarities=["logits_l1", "l2"],
                          null_class=args.null_class, grid_images=0)
+    timer = Timer()
+    attach_timers(model, timer)
     if args.id_test:  # your own folders
-        dm = OODDataModule(benchmark="folders", id_test=args.id_test, ood={"ood": args.ood}, image_size=32,
+        dm = OODDataModule(benchmark="folders", id_test=args.id_test, ood={"ood": args.ood}, image_size=size,
                            batch_size=batch_size, eval_subset=args.images, train=False)
+    elif args.proof_runs:  # the MNIST proof's data: digits 0-4 in distribution, 5-9 first OOD set
+        dm = OODDataModule(benchmark="mnist_0_4", root=args.root, image_size=size, batch_size=batch_size,
+                           eval_subset=args.images, train=False)
     else:
-        dm = OODDataModule(benchmark="cifar10_jpeg", root=args.root, image_size=32, batch_size=batch_size,
+        dm = OODDataModule(benchmark="cifar10_jpeg", root=args.root, image_size=size, batch_size=batch_size,
                            eval_subset=args.images, train=False)
     dm.setup("test")
     dm.test_sets = dict(list(dm.test_sets.items())[:2])  # "id" and the first OOD set
+    dm.groups = {}  # the preset's near/far groups name sets left out here
     trainer = L.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(out),
                         callbacks=[Evaluation(results_dir=str(out), plots=False)])
@@ -68,7 +136,11 @@ def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) ->
     for path in sorted((out / "scores").glob("*.npz")):
         with np.load(path) as f:
             scores[path.stem] = {key: f[key] for key in f.files}
-    return wall, scores
+    seconds = dict(timer.seconds)
+    inner = seconds.get("classifier_forward_in_guidance", 0.0)
+    seconds["other"] = wall - seconds.get("unet", 0.0) - seconds.get("classifier_forward", 0.0) \
+        - (seconds.get("guidance", 0.0) - inner)
+    return wall, scores, seconds
 
 
 def main() -> None:
@@ -86,20 +158,41 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=None, help="its classes (default: from the file)")
     parser.add_argument("--id-test", default=None, help="an ImageFolder of ID test images instead of CIFAR-10")
     parser.add_argument("--ood", default=None, help="with --id-test: a folder of OOD images")
+    parser.add_argument("--proof-runs", default=None, help="the MNIST proof's run folder (runs/bench_mnist): its "
+                        "unet/ and classifier.pt on its mnist_0_4 digits at 16 px")
+    parser.add_argument("--random-unet", choices=["ddpm", "mnist"], default=None, help="a random model instead of "
+                        "a trained one, shaped as google/ddpm-cifar10-32 (the default without --unet / --proof-runs) or "
+                        "configs/diffusion/mnist_0_4.yaml")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.proof_runs:
+        runs = Path(args.proof_runs)
+        args.classifier_weights, args.classifier, args.num_classes = str(runs / "classifier.pt"), "cifar_resnet20", 5
+        needed = [runs / "classifier.pt"]
+        if not args.random_unet:  # the proof's trained UNet, unless a random one is asked for
+            args.unet = str(runs / "unet")
+            needed.append(runs / "unet" / "diffguard.json")
+        missing = [str(p) for p in needed if not p.is_file()]
+        if missing:
+            raise SystemExit(f"{missing} missing: python benchmarks/diffguard_mnist.py --out {runs} trains them")
     if not args.id_test:
         ensure_extracted(Path(args.root))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         unet = Path(args.unet) if args.unet else tmp / "unet"
         if not args.unet:
-            random_ddpm_unet(unet, args.width)
+            if args.random_unet == "mnist":
+                random_mnist_unet(unet)
+            else:
+                random_ddpm_unet(unet, args.width)
         params = sum(p.numel() for p in UNet2DModel.from_pretrained(unet).parameters())
         results = {}
         for batch_size in (1, args.batch_size):
-            wall, scores = run(args, unet, batch_size, tmp / f"b{batch_size}")
-            results[batch_size] = {"wall_s": wall, "scores": scores}
-            print(f"batch size {batch_size}: {wall:.1f} s")
+            wall, scores, seconds = run(args, unet, batch_size, tmp / f"b{batch_size}")
+            results[batch_size] = {"wall_s": wall, "scores": scores, "seconds": seconds}
+            print(f"batch size {batch_size}: {wall:.1f} s, {seconds}")
     one, many = results[1], results[args.batch_size]
     n = sum(len(s["index"]) for s in one["scores"].values())
     extras = {key: np.concatenate([s[f"extra_{key}"] for s in one["scores"].values()])
@@ -111,6 +204,7 @@ def main() -> None:
     report = {
         "images": n, "unet_parameters": params, "threads": torch.get_num_threads(),
         "wall_s": {str(b): round(r["wall_s"], 1) for b, r in results.items()},
+        "seconds_in": {str(b): {k: round(v, 1) for k, v in r["seconds"].items()} for b, r in results.items()},
         "speedup": round(one["wall_s"] / many["wall_s"], 2),
         "stop_index": {"min": int(extras["stop_index"].min()), "median": float(np.median(extras["stop_index"])),
                        "max": int(extras["stop_index"].max())},
@@ -118,19 +212,28 @@ def main() -> None:
         "classifier_evals_per_image": float(extras["classifier_evals"].mean()),
         "max_score_difference": diff, "same_stop_indices": same_stops,
     }
-    images = f"{args.id_test} + {args.ood}" if args.id_test else "CIFAR-10 test + Tiny-ImageNet JPEGs"
+    images = (f"{args.id_test} + {args.ood}" if args.id_test else "MNIST digits 0-4 + 5-9" if args.proof_runs
+              else "CIFAR-10 test + Tiny-ImageNet JPEGs")
+    shape = "configs/diffusion/mnist_0_4.yaml" if args.random_unet == "mnist" else "google/ddpm-cifar10-32"
+    model = f"the trained UNet {args.unet}" if args.unet else f"a random UNet shaped as {shape}"
     lines = [
         "# DiffGuard GDM: batch size 1 against batched, CPU",
         "",
         f"`python benchmarks/diffguard_gdm_batching.py {' '.join(sys.argv[1:])}`: {n} images ({images}), "
         f"released GDM settings (ddim100, <= 90 inversion steps, PSNR stop 6.39 dB, start = stop + 2, unguided "
-        f"twin, no cutouts at 32 px), classifier {args.classifier}, "
-        f"{'the trained UNet ' + args.unet if args.unet else 'a random UNet'} "
+        f"twin, no cutouts at {16 if args.proof_runs else 32} px), classifier {args.classifier}, {model} "
         f"({params / 1e6:.1f} M parameters), {report['threads']} threads.",
         "",
-        "| batch size | wall time (s) | images/s |",
-        "|---|---|---|",
-        *[f"| {b} | {r['wall_s']:.1f} | {n / r['wall_s']:.3f} |" for b, r in results.items()],
+        "| batch size | wall time (s) | images/s | in UNet (s) | classifier forward (s) | guidance (s) "
+        "| of which cutouts (s) | other (s) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {b} | {r['wall_s']:.1f} | {n / r['wall_s']:.3f} | {r['seconds'].get('unet', 0):.1f} "
+          f"| {r['seconds'].get('classifier_forward', 0):.1f} | {r['seconds'].get('guidance', 0):.1f} "
+          f"| {r['seconds'].get('cutouts', 0):.1f} | {r['seconds']['other']:.1f} |" for b, r in results.items()],
+        "",
+        "Guidance includes its classifier forward passes (also counted under classifier forward) and the backward "
+        "pass; other is the wall time outside UNet, classifier and guidance: the sampler's masking and DDIM "
+        "arithmetic, distances, data loading and the evaluation.",
         "",
         f"Speed-up {report['speedup']}x. Stop indices min/median/max {report['stop_index']['min']}/"
         f"{report['stop_index']['median']:g}/{report['stop_index']['max']}; per image "

@@ -6,7 +6,10 @@ classifier-under-protection (configs/classifier/mnist_0_4.yaml) and the class-co
 (configs/diffusion/mnist_0_4.yaml) on the in-distribution training part, then scores a seeded subset of every test
 set with the classifier baselines (MSP, MaxLogit, Energy, KNN), DiffGuard's classifier-guided path (GDM), its
 classifier-free path (CFG, the pixel back-end) with the Grad-CAM mask and without it, and the oracle of each path;
-last, both paths re-synthesise the first eight 7s of the OOD set (by file number, not picked) for the figure.
+then the cascades (configs/fusion/mnist_0_4_*.yaml: MSP + GDM, MSP + CFG without mask, KNN + GDM), which run DiffGuard
+only on the band between the baseline's ID-validation quantiles, with the fraction of images DiffGuard ran on, its
+UNet passes per image and the wall time of each; last, both paths re-synthesise the first eight 7s of the OOD set (by
+file number, not picked) for the figure.
 
     python benchmarks/diffguard_mnist.py                      # extracts ../shared/data into data/ if needed
     python benchmarks/diffguard_mnist.py --eval-subset 100 --out runs/bench_mnist_small --jobs 2
@@ -21,6 +24,8 @@ import csv
 import json
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from common import (REPO, Stage, ensure_extracted, evaluate, grid_rows, labelled_figure, markdown_table,
                     metric_rows, predictions, proof_arguments, run_stages, timing_rows)
@@ -45,6 +50,41 @@ def sevens_data(root: Path, folder: Path) -> None:
                            if int(p.stem) % 5 == 0]
         for path in evaluation_part[:2]:
             shutil.copy(path, folder / "id" / str(digit) / path.name)
+
+
+# (run, config, method, fused score, extra evaluate.py arguments) of each cascade
+CASCADES = [
+    ("cascade_gdm_msp", "configs/fusion/mnist_0_4_gdm_msp.yaml", "MSP + DiffGuard GDM (cascade)", "logits_l1+msp", []),
+    ("cascade_cfg_msp", "configs/fusion/mnist_0_4_cfg_msp.yaml", "MSP + DiffGuard CFG, no mask (cascade)",
+     "logits_l1+msp", []),
+    ("cascade_gdm_knn", "configs/fusion/mnist_0_4_gdm_msp.yaml", "KNN + DiffGuard GDM (cascade)", "logits_l1+knn",
+     ["--model.init_args.baseline.init_args.scores", "[knn]", "--model.init_args.baseline_score", "knn"]),
+]
+
+
+def cascade_cost(out: Path, timings: dict[str, float]) -> list[str]:
+    """Table rows: for full GDM and CFG (no mask) and each cascade, the share of images DiffGuard ran on (overall and
+    per set), GDM's UNet passes per image of the evaluation (from its per-sample unet_evals) and the wall time."""
+    sets = ["id", *OOD_SETS]
+    lines = []
+    for run, label in (("gdm", "DiffGuard GDM on every image"), ("cfg_no_mask", "DiffGuard CFG, no mask, on every "
+                                                                   "image")):
+        passes = "–"
+        if run == "gdm":
+            unet = [np.load(out / run / "scores" / f"{name}.npz")["extra_unet_evals"] for name in sets]
+            passes = f"{np.concatenate(unet).mean():.1f}"
+        lines.append(f"| {label} | 100.0% | all | {passes} | {timings[run] / 60:.1f} min |")
+    for run, _, method, _, _ in CASCADES:
+        block = json.loads((out / run / "results.json").read_text())["fusion"]["cost"]
+        images = sum(block[name]["images"] for name in sets)
+        refined = sum(block[name]["refined"] for name in sets)
+        per_set = ", ".join(f"{100 * block[name]['refined_fraction']:.0f}%" for name in sets)
+        passes = "–"
+        if "refiner_unet_evals_per_image" in block["id"]:
+            passes = f"{sum(block[n]['refiner_unet_evals_per_image'] * block[n]['images'] for n in sets) / images:.1f}"
+        lines.append(f"| {method} | {100 * refined / images:.1f}% | {per_set} | {passes} | "
+                     f"{timings[run] / 60:.1f} min |")
+    return lines
 
 
 def final_val_accuracy(run_root: Path) -> float:
@@ -74,6 +114,9 @@ def main() -> None:
                                   str(args.root), "--trainer.default_root_dir", str(out / "diffusion"),
                                   "--model.init_args.export_dir", str(out / "unet")], out / "unet" / "diffguard.json"),
     ]
+    fused = ["--model.init_args.baseline.init_args.classifier_weights", str(out / "classifier.pt"),
+             "--model.init_args.refiner.init_args.classifier_weights", str(out / "classifier.pt"),
+             "--model.init_args.refiner.init_args.diffusion_model", str(out / "unet")]
     evaluations = [
         evaluate("configs/baselines/mnist_0_4.yaml", out, "baselines", *trained, *data),
         evaluate("configs/diffguard/mnist_0_4_cfg.yaml", out, "cfg", *trained, *diffusion, *data),
@@ -84,6 +127,7 @@ def main() -> None:
         evaluate("configs/diffguard/mnist_0_4_gdm.yaml", out, "gdm", *trained, *diffusion, *data),
         evaluate("configs/diffguard/mnist_0_4_gdm.yaml", out, "gdm_oracle", *trained, *diffusion, *data,
                  "--model.init_args.oracle", "true"),
+        *[evaluate(config, out, name, *fused, *data, *extra) for name, config, _, _, extra in CASCADES],
         evaluate("configs/diffguard/mnist_0_4_cfg.yaml", out, "sevens_cfg", *trained, *diffusion, *sevens),
         evaluate("configs/diffguard/mnist_0_4_cfg.yaml", out, "sevens_cfg_no_mask", *trained, *diffusion, *sevens,
                  "--model.init_args.use_cam", "false"),
@@ -98,6 +142,9 @@ def main() -> None:
                         ("DiffGuard CFG + Grad-CAM mask", "cfg"), ("DiffGuard CFG, no mask", "cfg_no_mask"),
                         ("DiffGuard CFG, oracle (no mask)", "cfg_oracle")):
         rows += metric_rows(out / run / "results.json", method, "logits_l1", OOD_SETS)
+    for name, _, method, score, _ in CASCADES:
+        rows += metric_rows(out / name / "results.json", method, score, OOD_SETS)
+    cost = cascade_cost(out, timings)
     sevens_predictions = predictions(out / "sevens_cfg", "sevens")
     figure = RESULTS / "diffguard_mnist_sevens.png"
     cfg_rows = grid_rows(out / "sevens_cfg" / "grids" / "sevens.png", 16, [0, 1, 2])
@@ -118,6 +165,15 @@ def main() -> None:
         "",
         *markdown_table(rows, OOD_SETS),
         "",
+        "The cascades run DiffGuard only on the images whose baseline score lies between its 5% and 95% quantiles on "
+        "1,000 ID validation images (digits 0-4 of the train split); elsewhere the baseline decides "
+        "(docs/diffguard.md (Cascade cost)). What they cost, beside DiffGuard on every image:",
+        "",
+        "| run | DiffGuard ran on (all sets) | per set (" + ", ".join(["id", *OOD_SETS]) + ") "
+        "| GDM UNet passes per image | wall time |",
+        "|---|---:|---|---:|---:|",
+        *cost,
+        "",
         "| stage (wall time on 2 CPU cores) | time |",
         "|---|---:|",
         *timing_rows(timings),
@@ -129,7 +185,7 @@ def main() -> None:
     print("\n" + text)
     atomic_write_text(RESULTS / "diffguard_mnist.md", text)
     atomic_write_text(RESULTS / "diffguard_mnist.json", json.dumps(
-        {"eval_subset": args.eval_subset, "rows": rows, "timings_s": timings,
+        {"eval_subset": args.eval_subset, "rows": rows, "cascade_cost": cost, "timings_s": timings,
          "sevens_predictions": sevens_predictions, "id_accuracy": accuracy}, indent=2) + "\n")
     print(f"written to {RESULTS / 'diffguard_mnist.md'}")
 
