@@ -338,10 +338,14 @@ class HookedNet(nn.Module):
     def _check(self, what: str, expected: Tensor, got: Callable[[], Tensor], message: str) -> None:
         if what in self._checked:
             return
-        with torch.no_grad():
-            value = got()
-        if value.shape != expected.shape or not torch.allclose(value.float(), expected.float(), rtol=1e-3,
-                                                                atol=1e-4):
+        try:
+            with torch.no_grad():
+                value = got()
+            same = value.shape == expected.shape and torch.allclose(value.float(), expected.float(), rtol=1e-3,
+                                                                    atol=1e-4)
+        except RuntimeError as error:  # e.g. the head cannot take a wrongly named layer's output
+            raise ValueError(f"classifier {type(self.model).__name__}: {message} ({error})") from None
+        if not same:
             raise ValueError(f"classifier {type(self.model).__name__}: {message}")
         self._checked.add(what)
 

@@ -101,7 +101,9 @@ class ClassifierBaselines(OODDetector):
 
     Args:
         classifier: Architecture name, a key of `ood_lightning.classifiers.CLASSIFIERS` (cifar_densenet_bc100,
-            cifar_resnet20, cifar_resnet56, resnet18_32x32, resnet50).
+            cifar_resnet20, cifar_resnet56, resnet18_32x32, resnet50), `timm:<model name>`, or your own nn.Module
+            as a spec (a mapping or a YAML file: class_path, init_args, mean, std, head, ...; see
+            `ood_lightning.classifiers.build_classifier`).
         classifier_weights: Local weight file of that classifier; null = random initialisation (tests only), which
             has to be written explicitly: there is no default.
         scores: Scores to compute, any of msp, mls, ebo, knn, vim (knn and vim need the ID train split).
@@ -122,7 +124,7 @@ class ClassifierBaselines(OODDetector):
 
     def __init__(
         self,
-        classifier: str,
+        classifier: str | dict,
         classifier_weights: str | None,
         scores: list[str] = ["msp", "mls", "ebo"],  # noqa: B006 (LightningCLI reads the default; never mutated)
         num_classes: int | None = None,
