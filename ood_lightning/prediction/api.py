@@ -23,13 +23,12 @@ from torch import Tensor
 from ood_lightning.console import quiet_console
 from ood_lightning.data.datamodule import collate
 from ood_lightning.detectors.base import OODDetector
-from ood_lightning.io import load_checkpoint
 from ood_lightning.prediction.calibration import (HOW_TO_CALIBRATE, NoCalibrationError, decisions,
                                                   find_calibration)
+from ood_lightning.prediction.building import load_run
+from ood_lightning.prediction.export import EXPORT_JSON, load_export
 from ood_lightning.prediction.images import ImageInputs
 
-# Building a detector from a config in the user's process: no global seeding, no logger, no progress bar.
-BUILD_ONLY = ("--seed_everything", "false", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
 Images = Sequence[str | os.PathLike | Image.Image] | Tensor
 
 
@@ -81,37 +80,9 @@ def load_detector(source: str | os.PathLike, device: str | torch.device = "cpu",
     (a folder or .json written by export.py) as a `LoadedDetector` on `device`."""
     quiet_console()
     source = Path(source)
-    from ood_lightning.prediction.export import EXPORT_JSON, load_export
-
     if source.suffix == ".json" or (source / EXPORT_JSON).is_file():
         model, transform, calibration, default_batch = load_export(source)
     else:
         model, transform, default_batch = load_run(source, checkpoint)
         calibration = find_calibration(source)
     return LoadedDetector(model, transform, calibration, device, batch_size or default_batch)
-
-
-def load_run(folder: Path, checkpoint: str | os.PathLike | None = None) -> tuple[OODDetector, object, int]:
-    """(the detector with its trained weights, the preprocessing, the batch size) of a run folder, built from its
-    config.yaml as the entry points build it."""
-    from ood_lightning.cli import make_cli
-
-    config = folder / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{folder}: no config.yaml. load_detector takes a run folder written by train.py or "
-                                "evaluate.py (e.g. runs/NAME/lightning_logs/version_0) or a folder/.json written by "
-                                "python -m ood_lightning.prediction.export.")
-    cli = make_cli(["--config", str(config), *BUILD_ONLY], description="load_detector", model_class=OODDetector)
-    checkpoint = Path(checkpoint) if checkpoint else folder / "checkpoints" / "last.ckpt"
-    if checkpoint.is_file():
-        load_weights(cli.model, load_checkpoint(checkpoint))
-    if hasattr(cli.model, "require_trained"):
-        cli.model.require_trained()
-    return cli.model, cli.datamodule.transform, cli.datamodule.hparams.batch_size
-
-
-def load_weights(model: OODDetector, checkpoint: dict) -> None:
-    """A Lightning checkpoint's weights into `model`, as Trainer(ckpt_path=...) loads them: the model's
-    on_load_checkpoint first (LFDN: refuse other preprocessing, restore its frozen backbone), then strictly."""
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from ood_lightning.detectors.base import OODDetector
 from ood_lightning.io import atomic_write, atomic_write_text
+from ood_lightning.prediction.building import BUILD_ONLY, load_run
 from ood_lightning.prediction.calibration import find_calibration
 
 EXPORT_JSON = "detector.json"
@@ -27,8 +28,6 @@ FORMAT = 1
 def export_detector(run: str | os.PathLike, out_dir: str | os.PathLike,
                     checkpoint: str | os.PathLike | None = None) -> Path:
     """Write `out_dir`/detector.json and model.safetensors for the run folder `run`; returns the json's path."""
-    from ood_lightning.prediction.api import load_run
-
     run, out_dir = Path(run), Path(out_dir)
     model, _, batch_size = load_run(run, checkpoint)
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -58,7 +57,6 @@ def _safetensors_bytes(state: dict) -> bytes:
 def load_export(path: str | os.PathLike) -> tuple[OODDetector, object, dict | None, int]:
     """(model with its weights, preprocessing transform, calibration, batch size) of an export folder or its json."""
     from ood_lightning.cli import make_cli
-    from ood_lightning.prediction.api import BUILD_ONLY
 
     path = Path(path)
     file = path if path.suffix == ".json" else path / EXPORT_JSON
