@@ -15,7 +15,8 @@ agree. The classifier is the real DenseNet-BC-100 of ../shared/weights; the diff
 DDPM-CIFAR-10-shaped diffusers UNet (no pre-trained one can be loaded offline) unless --unet gives a trained one;
 with a random model the scores mean nothing: this measures cost, not detection. `--proof-runs` takes both models from
 the MNIST proof's run folder (benchmarks/diffguard_mnist.py: <dir>/unet, <dir>/classifier.pt) and scores its
-mnist_0_4 digits at the proof's 16 px; `--random-unet mnist` a random model shaped as configs/diffusion/mnist_0_4.yaml instead of a trained one.
+mnist_0_4 digits at the proof's 16 px; `--random-unet mnist` a random model shaped as
+configs/diffusion/mnist_0_4.yaml instead of a trained one.
 Writes benchmarks/results/diffguard_gdm_batching[_tag].{json,md}: wall time per setting and where it went (seconds in
 UNet calls, classifier forward passes, the Clean Grad guidance with its backward pass, of which the cutouts, and the
 rest: the sampler's masking and DDIM arithmetic, data and evaluation), UNet and classifier image passes per image
@@ -106,6 +107,30 @@ class _Timed:
         return self.call(*args, **kwargs)
 
 
+def unet_call_times(unet_dir: Path, sizes: tuple[int, ...] = (1, 8, 16), repeats: int = 10) -> list[dict]:
+    """Milliseconds per UNet call at each batch size: float32, float32 in channels_last memory format, and bf16
+    autocast on the CPU (the options that could make the sampler's calls cheaper)."""
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    side, channels = unet.config.sample_size, unet.config.in_channels
+    labels = unet.config.num_class_embeds
+    rows = []
+    for variant in ("float32", "channels_last", "bf16 autocast"):
+        unet.to(memory_format=torch.channels_last if variant == "channels_last" else torch.contiguous_format)
+        for size in sizes:
+            x = torch.randn(size, channels, side, side, generator=torch.Generator().manual_seed(0))
+            if variant == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            t = torch.full((size,), 500)
+            c = torch.full((size,), labels - 1) if labels else None
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16 autocast"):
+                unet(x, t, class_labels=c)  # warm-up
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    unet(x, t, class_labels=c)
+            rows.append({"variant": variant, "batch": size, "ms": 1000 * (time.perf_counter() - start) / repeats})
+    return rows
+
+
 def run(args: argparse.Namespace, unet_dir: Path, batch_size: int, out: Path) -> tuple[float, dict, dict]:
     size = 16 if args.proof_runs else 32
     model = DiffGuardGDM(diffusion_model=str(unet_dir), classifier=args.classifier,
@@ -161,7 +186,8 @@ def main() -> None:
     parser.add_argument("--proof-runs", default=None, help="the MNIST proof's run folder (runs/bench_mnist): its "
                         "unet/ and classifier.pt on its mnist_0_4 digits at 16 px")
     parser.add_argument("--random-unet", choices=["ddpm", "mnist"], default=None, help="a random model instead of "
-                        "a trained one, shaped as google/ddpm-cifar10-32 (the default without --unet / --proof-runs) or "
+                        "a trained one, shaped as google/ddpm-cifar10-32 (the default without --unet / "
+                        "--proof-runs) or "
                         "configs/diffusion/mnist_0_4.yaml")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
@@ -193,6 +219,7 @@ def main() -> None:
             wall, scores, seconds = run(args, unet, batch_size, tmp / f"b{batch_size}")
             results[batch_size] = {"wall_s": wall, "scores": scores, "seconds": seconds}
             print(f"batch size {batch_size}: {wall:.1f} s, {seconds}")
+        calls = unet_call_times(unet)
     one, many = results[1], results[args.batch_size]
     n = sum(len(s["index"]) for s in one["scores"].values())
     extras = {key: np.concatenate([s[f"extra_{key}"] for s in one["scores"].values()])
@@ -211,6 +238,7 @@ def main() -> None:
         "unet_evals_per_image": float(extras["unet_evals"].mean()),
         "classifier_evals_per_image": float(extras["classifier_evals"].mean()),
         "max_score_difference": diff, "same_stop_indices": same_stops,
+        "unet_call_ms": [{**row, "ms": round(row["ms"], 1)} for row in calls],
     }
     images = (f"{args.id_test} + {args.ood}" if args.id_test else "MNIST digits 0-4 + 5-9" if args.proof_runs
               else "CIFAR-10 test + Tiny-ImageNet JPEGs")
@@ -240,6 +268,14 @@ def main() -> None:
         f"{report['unet_evals_per_image']:.1f} UNet and {report['classifier_evals_per_image']:.1f} classifier "
         f"image passes. Largest score difference between the two runs {diff:.2e}; stop indices identical: "
         f"{same_stops}.",
+        "",
+        "One UNet call (ms; per image in brackets) by batch size, in float32, channels_last and bf16 autocast:",
+        "",
+        "| variant | " + " | ".join(f"batch {b}" for b in dict.fromkeys(r["batch"] for r in calls)) + " |",
+        "|---|" + "---|" * len(dict.fromkeys(r["batch"] for r in calls)),
+        *[f"| {variant} | " + " | ".join(f"{r['ms']:.1f} ({r['ms'] / r['batch']:.1f})" for r in calls
+                                         if r["variant"] == variant) + " |"
+          for variant in dict.fromkeys(r["variant"] for r in calls)],
     ]
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)

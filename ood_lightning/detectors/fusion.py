@@ -289,15 +289,11 @@ class CascadeFusion(OODDetector):
         }}
 
     def _cost(self, name: str, scored: dict) -> dict:
-        """One set's cost: images, how many the refiner ran on (its score is not NaN, or every image with
-        refine_all), their fraction, the refiner's passes per image of the set, and this process's seconds."""
+        """One set's cost: images, how many the refiner ran on (the band's, or every image with refine_all), their
+        fraction, the refiner's passes per image of the set, and this process's seconds."""
         extras = scored.get("extras", {})
         n = len(scored["index"])
-        if self.hparams.refine_all:
-            refined = n
-        else:
-            refined = int(np.isfinite(np.asarray(extras[self.hparams.refiner_score], dtype=np.float64)).sum()) \
-                if n else 0
+        refined = n if self.hparams.refine_all else int((np.asarray(extras["tier"]) == 1).sum())
         cost = {"images": n, "refined": refined, "refined_fraction": refined / n if n else None}
         for extra in PASS_EXTRAS:
             if extra in self._refiner_extras:
