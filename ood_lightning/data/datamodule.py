@@ -148,6 +148,10 @@ class OODDataModule(L.LightningDataModule):
                 raise RuntimeError(f"train: no image could be read ({len(getattr(self.train_set, 'skipped', ()))} "
                                    "unreadable); the model learns from the in-distribution train images")
         if stage == "test":
+            if not self.test_sets:
+                raise ValueError(f"benchmark {self.benchmark_name!r} has no OOD test sets here, so there is nothing to "
+                                 "evaluate (folders: give --data.id_test and --data.ood). Without them train.py trains "
+                                 "and calibrates, and predict.py scores new images (docs/predict.md).")
             self.test_sets = {name: self.served(dataset, name) for name, dataset in self.test_sets.items()}
 
     @property
