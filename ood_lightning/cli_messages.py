@@ -19,6 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DETECTORS = (
     "ood_lightning.detectors.lfdn.module.LFDNDetector",
     "ood_lightning.detectors.baselines.ClassifierBaselines",
+    "ood_lightning.detectors.posthoc.PostHocDetector",
     "ood_lightning.detectors.diffguard.gdm.DiffGuardGDM",
     "ood_lightning.detectors.diffguard.ldm.DiffGuardLDM",
     "ood_lightning.detectors.fusion.CascadeFusion",

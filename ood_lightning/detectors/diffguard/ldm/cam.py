@@ -23,15 +23,13 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
-from ood_lightning.classifiers import CLASSIFIERS, Classifier
+from ood_lightning.classifiers import Classifier
 
 
 def cam_target_layer(classifier: Classifier) -> nn.Module:
-    """The module whose activations Grad-CAM weighs: the `cam_layer` of the classifier's registry entry."""
-    if classifier.name not in CLASSIFIERS:
-        raise ValueError(f"no Grad-CAM layer known for classifier {classifier.name!r}; known: "
-                         f"{', '.join(CLASSIFIERS)} (each ood_lightning.classifiers.ArchSpec names its cam_layer)")
-    return CLASSIFIERS[classifier.name].cam_layer(classifier.net)
+    """The module whose activations Grad-CAM weighs: the classifier's `cam_layer` (its registry entry's, or the one
+    a timm / class_path spec names)."""
+    return classifier.cam_layer
 
 
 def minmax_per_image(cam: Tensor) -> Tensor:
