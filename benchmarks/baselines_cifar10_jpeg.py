@@ -19,6 +19,7 @@ Writes benchmarks/results/baselines_cifar10_jpeg.{md,json}.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -47,17 +48,22 @@ def main() -> None:
     plain = {k: v for k, v in detectors.items() if k not in GRADIENT}
     gradient = {k: v for k, v in detectors.items() if k in GRADIENT}
     data = ["--data.root", str(args.root), "--data.train_subset", str(args.train_subset)]
+    # a stage's folder names its sizes, so a rerun with other sizes never reuses (and reports) an older run's results
+    folders = {"posthoc": f"posthoc_e{args.eval_subset}_t{args.train_subset}",
+               "ours": f"ours_e{args.eval_subset}_t{args.train_subset}",
+               "gradient": f"gradient_e{args.gradient_eval_subset}_t{args.train_subset}"}
     stages = [
-        evaluate(CONFIG, out, "posthoc", *data, "--data.eval_subset", str(args.eval_subset),
+        evaluate(CONFIG, out, folders["posthoc"], *data, "--data.eval_subset", str(args.eval_subset),
                  "--model.init_args.detectors", json.dumps(plain)),
-        evaluate(OURS_CONFIG, out, "ours", *data, "--data.eval_subset", str(args.eval_subset)),
-        evaluate(CONFIG, out, "gradient", *data, "--data.eval_subset", str(args.gradient_eval_subset),
+        evaluate(OURS_CONFIG, out, folders["ours"], *data, "--data.eval_subset", str(args.eval_subset)),
+        evaluate(CONFIG, out, folders["gradient"], *data, "--data.eval_subset", str(args.gradient_eval_subset),
                  "--model.init_args.detectors", json.dumps(gradient)),
     ]
     timings = run_stages([], stages, out, args.jobs)
 
     rows, speed = [], {}
     for stage in ("posthoc", "gradient"):
+        stage = folders[stage]
         results = json.loads((out / stage / "results.json").read_text())
         seconds = results["posthoc"]["seconds"]
         first = next(iter(results["scores"].values()))
@@ -65,10 +71,11 @@ def main() -> None:
         for score in results["scores"]:
             rows += metric_rows(out / stage / "results.json", f"{score} (pytorch-ood)", score, OOD_SETS)
             speed[f"{score} (pytorch-ood)"] = images / sum(s["classifier"] + s[score] for s in seconds.values())
-    ours = json.loads((out / "ours" / "results.json").read_text())
+    ours = json.loads((out / folders["ours"] / "results.json").read_text())
     for score in ours["scores"]:
-        rows += metric_rows(out / "ours" / "results.json", f"{score} (ours)", score, OOD_SETS)
-    crosscheck = {ours_name: compare(out, ours_name, theirs) for ours_name, theirs in PAIRS.items()}
+        rows += metric_rows(out / folders["ours"] / "results.json", f"{score} (ours)", score, OOD_SETS)
+    crosscheck = {ours_name: compare(out / folders["ours"], out / folders["posthoc"], ours_name, theirs)
+                  for ours_name, theirs in PAIRS.items()}
     summary = {"command": "python benchmarks/baselines_cifar10_jpeg.py " + " ".join(
                    f"--{k.replace('_', '-')} {v}" for k, v in (("eval_subset", args.eval_subset),
                                                                ("train_subset", args.train_subset),
@@ -90,18 +97,17 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def compare(out, ours: str, theirs: str) -> dict:
+def compare(ours_run: Path, their_run: Path, ours: str, theirs: str) -> dict:
     """Per-sample agreement of our score and pytorch-ood's on every test set (matched by dataset index)."""
     a, b = [], []
     for name in ["id", *OOD_SETS]:
-        with np.load(out / "ours" / "scores" / f"{name}.npz") as x, np.load(out / "posthoc" / "scores" /
-                                                                              f"{name}.npz") as y:
+        with np.load(ours_run / "scores" / f"{name}.npz") as x, np.load(their_run / "scores" / f"{name}.npz") as y:
             assert np.array_equal(np.sort(x["index"]), np.sort(y["index"])), name
             a.append(x[f"score_{ours}"][np.argsort(x["index"])].astype(np.float64))
             b.append(y[f"score_{theirs}"][np.argsort(y["index"])].astype(np.float64))
     a, b = np.concatenate(a), np.concatenate(b)
-    o = json.loads((out / "ours" / "results.json").read_text())["scores"][ours]
-    t = json.loads((out / "posthoc" / "results.json").read_text())["scores"][theirs]
+    o = json.loads((ours_run / "results.json").read_text())["scores"][ours]
+    t = json.loads((their_run / "results.json").read_text())["scores"][theirs]
     return {"max_abs": float(np.abs(a - b).max()),
             "max_rel": float((np.abs(a - b) / np.maximum(np.abs(b), 1e-12)).max()),
             "spearman": float(spearmanr(a, b).statistic),
