@@ -144,7 +144,8 @@ class Study:
             command = ["evaluate.py", *common, "--ckpt_path", str(ckpt), *setting.overrides]
         else:
             resume = self.checkpoint(name)  # a stage stopped mid-training goes on from its last epoch
-            command = ["train.py", *common, *setting.overrides, *(["--ckpt_path", str(resume)] if resume else [])]
+            command = ["train.py", *common, "--calibration_size", "0", *setting.overrides,
+                       *(["--ckpt_path", str(resume)] if resume else [])]  # no threshold: the study compares AUROCs
         return Stage(name, command, folder / "results.json")
 
     def results(self, name: str) -> dict | None:
