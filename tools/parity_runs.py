@@ -8,8 +8,9 @@ once into the output folder's `models/`. Each run's results.json and scores/*.np
     python tools/parity_runs.py run OUT            # the five runs into OUT/<run>/ (about 3 minutes on 2 cores)
     python tools/parity_runs.py compare OLD NEW    # every results.json value and every npz array, exactly
 
-`compare` ignores what says when and where a run happened (wall time, images/s, checkpoint path, rescored_from)
-and reports config_hash changes apart: the hash identifies the config's wording, which a restructure may change.
+`compare` ignores what says when and where a run happened (wall time, seconds per part, images/s, checkpoint path,
+rescored_from) and reports config_hash changes apart: the hash identifies the config's wording, which a restructure
+may change.
 """
 from __future__ import annotations
 
@@ -114,9 +115,15 @@ def _results_folder(root: Path) -> Path:
     return found[0].parent
 
 
+def _timing_or_place(key: str) -> bool:
+    """A results.json key that says when or where a run happened: wall times, per-part seconds (the cascade's
+    cost block, PostHocDetector's timings), images/s, paths."""
+    return key in IGNORED or key == "seconds" or key.endswith("_seconds")
+
+
 def _json_differences(old, new, path: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
-        keys = [k for k in dict.fromkeys([*old, *new]) if k not in IGNORED]
+        keys = [k for k in dict.fromkeys([*old, *new]) if not _timing_or_place(k)]
         return [d for k in keys for d in _json_differences(old.get(k, "<absent>"), new.get(k, "<absent>"),
                                                             f"{path}.{k}")]
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
