@@ -9,7 +9,9 @@ thresholds, and a contact sheet of the most-OOD and most-ID images.
     python predict.py --help-all                         # every option, typed
 
 --run reads the run folder's config.yaml (the preprocessing and detector the weights were trained with),
-checkpoints/last.ckpt and calibration.json; any --SECTION.OPTION given after it overrides the config.
+checkpoints/last.ckpt, calibration.json and, for detectors that fit on ID train images at test time (knn / vim
+baselines, pytorch-ood detectors that fit, CascadeFusion), fitted.pt, which evaluate.py writes; any
+--SECTION.OPTION given after it overrides the config.
 Writes --out_dir/predictions.csv (path, each score, ood_<score> = 1 above the calibrated threshold, the
 classifier's predicted label where the detector has one, error: why a file could not be read; such files never
 stop the run) and --out_dir/contact_sheet.png. A score depends on the image and the detector only (its noise is
@@ -28,6 +30,7 @@ def main(args: list[str] | None = None) -> dict:
     from ood_lightning.cli import PredictCLI, make_cli, run_arguments
     from ood_lightning.detectors.base import OODDetector
     from ood_lightning.prediction.calibration import HOW_TO_CALIBRATE, find_calibration, read_calibration
+    from ood_lightning.prediction.fitted import fit_key, load_fitted
     from ood_lightning.prediction.images import ImageInputs, image_paths
     from ood_lightning.prediction.outputs import prediction_rows, write_contact_sheet, write_predictions
     from ood_lightning.prediction.runner import score_images
@@ -40,11 +43,17 @@ def main(args: list[str] | None = None) -> dict:
     paths = image_paths(config.images)
     images = ImageInputs(paths, cli.datamodule.transform)
     ckpt_path = cli.checkpoint_path()
+    checkpoint_run = Path(ckpt_path).resolve().parent.parent if ckpt_path and Path(ckpt_path).is_file() else None
+    calibration_folder = Path(config.calibration) if config.calibration else None
+    if calibration_folder is not None and calibration_folder.suffix == ".json":
+        calibration_folder = calibration_folder.parent
+    configs = [str(c) for c in config.get("config") or []]
+    load_fitted(cli.model, fit_key(config.as_dict()), [config.run, checkpoint_run, calibration_folder],
+                config=configs[-1] if configs else None)
     with cli.checkpoint_errors_explained(ckpt_path):
         result = score_images(cli.trainer, cli.model, cli.datamodule, images, ckpt_path=ckpt_path)
     if not cli.trainer.is_global_zero:
         return result
-    checkpoint_run = Path(ckpt_path).resolve().parent.parent if ckpt_path and Path(ckpt_path).is_file() else None
     calibration = (read_calibration(config.calibration) if config.calibration
                    else find_calibration(config.run, checkpoint_run))
     if calibration is None:

@@ -3,7 +3,8 @@
 From the scores a detector's `test_step` returns it does everything after scoring: per-set collection with the
 dataset indices (so DDP's padded shards count each sample once), skipped-image counts, the metric table, results
 files (report.py), plots, W&B, the metrics logged to every logger, the console table, and the pictures detectors
-hand over through `OODDetector.show`. Detectors know no file; this knows no detector.
+hand over through `OODDetector.show`, and what a detector fitted at test time (`OODDetector.fitted_state`, as
+fitted.pt, for predict.py). Detectors know no file; this knows no detector.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ood_lightning.data.presets import ID_SET
 from ood_lightning.io import atomic_write, atomic_write_text, file_stem
 from ood_lightning.metrics import ScoreCollector
 from ood_lightning.prediction.calibration import CALIBRATION_FILE, calibrated_rates, read_calibration
+from ood_lightning.prediction.fitted import fit_key, save_fitted
 from ood_lightning.report import build_results, config_hash, print_calibrated, print_results, write_results
 from ood_lightning.run_folder import run_folder
 from ood_lightning.wandb_logging import log_image_grid, log_results_to_wandb
@@ -115,7 +117,10 @@ class Evaluation(L.Callback):
             pl_module.log(key, value, sync_dist=True, reduce_fx="max")
         if trainer.is_global_zero:
             plots = write_results(self.folder, results, per_set, plots=self.plots)
+            fitted = save_fitted(self.folder, pl_module, fit_key(self.run_config or _own_config(pl_module, dm)))
             print_results(results, self.folder)
+            if fitted is not None:
+                print(f"What {type(pl_module).__name__} fitted on the ID train split: {fitted} (predict.py reads it)")
             print_calibrated(results)
             if calibration_file is None and not self.calibration_follows:
                 print(f"No {CALIBRATION_FILE} for this run: scores without decisions. "

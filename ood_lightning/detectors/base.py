@@ -2,8 +2,9 @@
 
 A detector knows no benchmark and writes no file. It declares what it reads from a batch (`inputs`: images and/or
 cached frozen-backbone features, which the DataModule serves), may need fitting on in-distribution data first
-(`needs_fit` / `fit`), and returns its scores from `test_step`; the evaluation (ood_lightning/evaluation.py, attached
-by train.py / evaluate.py) collects them, computes the metrics and writes the results. Pictures a detector wants
+(`needs_fit` / `fit`; what it fitted travels with the run as `fitted_state`), and returns its scores from
+`test_step`; the evaluation (ood_lightning/evaluation.py, attached by train.py / evaluate.py) collects them, computes
+the metrics and writes the results. Pictures a detector wants
 shown go to the evaluation through `show`; entries of its own for results.json through `results_extra`.
 """
 from __future__ import annotations
@@ -42,13 +43,24 @@ class OODDetector(L.LightningModule):
 
     @property
     def needs_fit(self) -> bool:
-        """Whether `fit` must run on in-distribution data before `score` (default: nothing to fit)."""
+        """Whether `score` needs statistics of in-distribution data that this detector does not hold yet: fitted by
+        `fit` (or at setup("test")), or restored by `load_fitted_state`. Default: nothing to fit."""
         return False
 
     def fit(self, train_set: Dataset, make_loader: Callable[[Dataset], DataLoader],
             device: torch.device | str = "cpu", progress: bool = True) -> None:
         """Fit whatever `score` needs on the in-distribution `train_set` (served with this detector's `inputs`),
         reading it through `make_loader`. Default: nothing to fit."""
+
+    def fitted_state(self) -> dict | None:
+        """What fitting computed (tensors, numbers, strings, containers of them: what torch.load(weights_only=True)
+        reads), for predict.py and load_detector, which have no benchmark to fit on (prediction/fitted.py saves it
+        with the run); None when nothing was fitted. Default: None (a detector that fits nothing)."""
+        return None
+
+    def load_fitted_state(self, state: dict) -> None:
+        """Restore what `fitted_state` returned, so `score` needs no in-distribution data."""
+        raise NotImplementedError(f"{type(self).__name__} fits nothing, so it has no fitted state to load")
 
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         """Per-sample OOD scores of a batch from test set `dataset`: one [B] tensor per name in score_names

@@ -23,6 +23,7 @@ __all__ = ["ClassifierBaselines", "energy_score", "fit_vim", "knn_score", "mls_s
 
 SCORES = ("msp", "mls", "ebo", "knn", "vim")
 FITTED = ("knn", "vim")  # scores that need statistics of the ID train features
+STATISTICS = ("knn_bank", "vim_origin", "vim_basis", "vim_alpha")  # what fitting them computes
 
 
 # --------------------------------------------------------------------------------------- score functions
@@ -152,8 +153,9 @@ class ClassifierBaselines(OODDetector):
         if "vim" in scores and not 0 < self.vim_dim < f_dim:
             raise ValueError(f"vim_dim must be in [1, {f_dim - 1}] for {classifier}'s {f_dim}-d features, "
                              f"got {self.vim_dim}")
-        # Statistics fitted on the train split at setup; not saved in checkpoints (the split may change).
-        for name in ("knn_bank", "vim_origin", "vim_basis", "vim_alpha"):
+        # Statistics fitted on the train split at setup; not saved in checkpoints (the split may change), but with
+        # the run that fitted them (fitted_state; prediction/fitted.py).
+        for name in STATISTICS:
             self.register_buffer(name, None, persistent=False)
 
     # -- fitting on the ID train split -------------------------------------------------------------------
@@ -194,6 +196,18 @@ class ClassifierBaselines(OODDetector):
             self.vim_origin, self.vim_basis, self.vim_alpha = fit_vim(feats, logits, head.weight, head.bias,
                                                                       self.vim_dim)
 
+    def fitted_state(self) -> dict | None:
+        state = {name: getattr(self, name).detach().cpu() for name in STATISTICS if getattr(self, name) is not None}
+        return state or None
+
+    def load_fitted_state(self, state: dict) -> None:
+        unknown = set(state) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"ClassifierBaselines: unknown fitted statistics {sorted(unknown)}; known: {STATISTICS}")
+        device = next(self.classifier.parameters()).device
+        for name, value in state.items():
+            setattr(self, name, value.to(device))
+
     @torch.no_grad()
     def _extract(self, dataset: Dataset, make_loader: Callable[[Dataset], DataLoader], device: torch.device,
                  progress: bool) -> tuple[Tensor, Tensor]:
@@ -216,7 +230,8 @@ class ClassifierBaselines(OODDetector):
     @torch.no_grad()
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         if self.needs_fit:
-            raise RuntimeError("knn/vim are not fitted: run through Trainer.test (setup fits them) or call fit()")
+            raise RuntimeError("knn/vim are not fitted: run through Trainer.test (setup fits them), call fit(), or "
+                               "load a run's fit (load_fitted_state; predict.py and load_detector read fitted.pt)")
         logits, feats = (t.float() for t in self.classifier.logits_and_features(batch["image"]))
         compute = {
             "msp": lambda: msp_score(logits),

@@ -171,6 +171,29 @@ class CascadeFusion(OODDetector):
     def inputs(self) -> BatchInputs:
         return self.baseline.inputs | self.refiner.inputs
 
+    @property
+    def needs_fit(self) -> bool:
+        """The thresholds are set (and the children fitted) at setup("test"), or restored by load_fitted_state."""
+        return self.low is None or self.high is None or self.baseline.needs_fit or self.refiner.needs_fit
+
+    def fitted_state(self) -> dict | None:
+        """The thresholds, their validation count and each child's fitted state (where it has one)."""
+        if self.low is None or self.high is None:
+            return None
+        state = {"low": self.low, "high": self.high, "validation_count": self.validation_count}
+        for role in ("baseline", "refiner"):
+            child = getattr(self, role).fitted_state()
+            if child is not None:
+                state[role] = child
+        return state
+
+    def load_fitted_state(self, state: dict) -> None:
+        self.low, self.high = float(state["low"]), float(state["high"])
+        self.validation_count = int(state["validation_count"])
+        for role in ("baseline", "refiner"):
+            if role in state:
+                getattr(self, role).load_fitted_state(state[role])
+
     # -- thresholds from ID validation images ------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage != "test":

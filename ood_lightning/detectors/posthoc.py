@@ -166,6 +166,7 @@ class PostHocDetector(OODDetector):
                           if det.requires_fit and not getattr(det, "_is_fitted", False)}
         self._device: torch.device | None = None
         self.seconds: dict[str, dict[str, float]] = {}
+        self._fit_inputs: dict | None = None  # the representations the detectors were fitted on (fitted_state)
 
     # -- fitting on the ID train split -------------------------------------------------------------------
     @property
@@ -197,15 +198,37 @@ class PostHocDetector(OODDetector):
         needed = {self.representations[n] for n in names} - {None}
         if needed:
             values, labels = self._extract(train_set, make_loader, device, needed, progress)
-            for name in names:
-                rep = self.representations[name]
-                if rep is not None:  # on the CPU, as some (KNN's sklearn index) require
-                    getattr(self.detectors[name], _method("fit", rep))(values[rep], labels)
+            self._fit_representations(names, values, labels)
+            self._fit_inputs = {"detectors": [n for n in names if self.representations[n] is not None],
+                                "values": values, "labels": labels}
         for name in names:
             if self.representations[name] is None:
                 self.detectors[name].fit(_ImagesAndLabels(make_loader(train_set), device))
         self._unfitted.clear()
         self._device = None  # statistics fitted on the CPU move to the scoring device at the next batch
+
+    def _fit_representations(self, names: list[str], values: dict[str, Tensor], labels: Tensor) -> None:
+        for name in names:
+            rep = self.representations[name]
+            if rep is not None:  # on the CPU, as some (KNN's sklearn index) require
+                getattr(self.detectors[name], _method("fit", rep))(values[rep], labels)
+
+    def fitted_state(self) -> dict | None:
+        """The train representations (and labels) the representation detectors were fitted on: pytorch-ood keeps
+        its fits in objects of its own (KNN: an sklearn index), so loading refits from these, which gives the same
+        fit. Detectors fitted on images (`fit(loader)`) are not in it and stay unfitted after loading."""
+        if not self._fit_inputs or not self._fit_inputs["detectors"]:
+            return None
+        inputs = self._fit_inputs
+        return {"detectors": list(inputs["detectors"]), "labels": inputs["labels"].cpu(),
+                "values": {rep: value.cpu() for rep, value in inputs["values"].items()}}
+
+    def load_fitted_state(self, state: dict) -> None:
+        names = [name for name in state["detectors"] if name in self._unfitted]
+        self._fit_representations(names, state["values"], state["labels"])
+        self._unfitted -= set(names)
+        self._fit_inputs = state
+        self._device = None
 
     @torch.no_grad()
     def _extract(self, dataset: Dataset, make_loader: Callable[[Dataset], DataLoader], device: torch.device,
@@ -247,7 +270,8 @@ class PostHocDetector(OODDetector):
     def score(self, batch: dict, dataset: str) -> dict[str, Tensor]:
         if self._unfitted:
             raise RuntimeError(f"{sorted(self._unfitted)} must be fitted on in-distribution data first: run through "
-                               "Trainer.test (setup fits them on the ID train split) or call fit()")
+                               "Trainer.test (setup fits them on the ID train split), call fit(), or load a run's "
+                               "fit (load_fitted_state; detectors fitted on images are not saved in it)")
         images = batch["image"]
         self._move(images.device)
         seconds = self.seconds.setdefault(dataset, defaultdict(float))

@@ -1,5 +1,6 @@
 """A detector built from a run folder as the entry points build it (config.yaml through the CLI), with its weights
-loaded as Trainer(ckpt_path=...) loads them, for load_detector and the export."""
+loaded as Trainer(ckpt_path=...) loads them and its test-time fit from fitted.pt, for load_detector and the
+export."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from ood_lightning.detectors.base import OODDetector
 from ood_lightning.io import load_checkpoint
+from ood_lightning.prediction.fitted import fit_key, load_fitted
 
 # Building a detector from a config in the user's process: no global seeding, no logger, no progress bar.
 BUILD_ONLY = ("--seed_everything", "false", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
@@ -26,6 +28,7 @@ def load_run(folder: Path, checkpoint: str | os.PathLike | None = None) -> tuple
     checkpoint = Path(checkpoint) if checkpoint else folder / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         load_weights(cli.model, load_checkpoint(checkpoint))
+    load_fitted(cli.model, fit_key(cli.config.as_dict()), [folder], config=config)
     if hasattr(cli.model, "require_trained"):
         cli.model.require_trained()
     return cli.model, cli.datamodule.transform, cli.datamodule.hparams.batch_size

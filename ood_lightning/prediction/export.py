@@ -1,7 +1,7 @@
 """A compact export of a run for scoring new images, in the spirit of save_pretrained / from_pretrained:
 `model.safetensors` (only the weights scoring reads: for LFDN the EMA networks, not the trained copy or the
-optimizer; a pretrained backbone stays a reference to its weights file) and `detector.json` (the model config,
-the preprocessing, the calibration). `load_detector` reads it without the run's folder or training config.
+optimizer; a pretrained backbone stays a reference to its weights file), `detector.json` (the model config,
+the preprocessing, the calibration) and, for a detector that fits at test time, the run's `fitted.pt`. `load_detector` reads it without the run's folder or training config.
 
     python -m ood_lightning.prediction.export RUN_FOLDER OUT_FOLDER [--checkpoint FILE]
 """
@@ -19,6 +19,7 @@ from ood_lightning.detectors.base import OODDetector
 from ood_lightning.io import atomic_write, atomic_write_text
 from ood_lightning.prediction.building import BUILD_ONLY, load_run
 from ood_lightning.prediction.calibration import find_calibration
+from ood_lightning.prediction.fitted import fit_key, load_fitted, save_fitted
 
 EXPORT_JSON = "detector.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,6 +35,7 @@ def export_detector(run: str | os.PathLike, out_dir: str | os.PathLike,
     data = config.get("data") or {}
     state = {key: value.detach().cpu().contiguous() for key, value in model.export_state(model.state_dict()).items()}
     atomic_write(out_dir / WEIGHTS_FILE, lambda f: f.write(_safetensors_bytes(state)))
+    save_fitted(out_dir, model, fit_key({"model": config["model"]}))  # knn / vim / fusion: what the run fitted
     description = {
         "format": FORMAT,
         "model": config["model"],
@@ -73,6 +75,7 @@ def load_export(path: str | os.PathLike) -> tuple[OODDetector, object, dict | No
     cli = make_cli(args, description="load_detector", model_class=OODDetector)
     weights = file.parent / description["weights"]
     cli.model.load_state_dict(cli.model.import_state(load_file(str(weights))), strict=True)
+    load_fitted(cli.model, fit_key({"model": description["model"]}), [file.parent])
     return cli.model, cli.datamodule.transform, description.get("calibration"), int(description["batch_size"])
 
 
