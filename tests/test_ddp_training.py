@@ -38,6 +38,7 @@ def _launch(root: Path, devices: int) -> subprocess.Popen:
                     "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
         "model": tiny_lfdn(root / "cache", backbone="test_ddp_training.CountingFeatures"),
         "results_dir": str(root),
+        "calibration_size": 0,  # calibration scores held-out images apart from the cache; this test counts cache passes
         "data": {"benchmark": "digits", "image_size": 32, "batch_size": GLOBAL_BATCH // devices,
                  "train_subset": N_TRAIN, "eval_subset": N_EVAL, "num_workers": 0},
     }
