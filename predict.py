@@ -14,8 +14,9 @@ baselines, pytorch-ood detectors that fit, CascadeFusion), fitted.pt, which eval
 --SECTION.OPTION given after it overrides the config.
 Writes --out_dir/predictions.csv (path, each score, ood_<score> = 1 above the calibrated threshold, the
 classifier's predicted label where the detector has one, error: why a file could not be read; such files never
-stop the run) and --out_dir/contact_sheet.png. A score depends on the image and the detector only (its noise is
-keyed by the image's pixels), so the same image scores the same in any folder, order, batch or process count.
+stop the run) and --out_dir/contact_sheet.png (for DiffGuard with its re-synthesis under each image). A score
+depends on the image and the detector only (its noise is keyed by the image's pixels), so the same image scores
+the same in any folder, order, batch or process count.
 Without calibration the scores are written without decisions; docs/predict.md says how to calibrate.
 """
 from __future__ import annotations
@@ -50,8 +51,13 @@ def main(args: list[str] | None = None) -> dict:
     configs = [str(c) for c in config.get("config") or []]
     load_fitted(cli.model, fit_key(config.as_dict()), [config.run, checkpoint_run, calibration_folder],
                 config=configs[-1] if configs else None)
+    score = config.sheet_score or cli.model.score_names[0]
+    if score not in cli.model.score_names:
+        raise ValueError(f"--sheet_score {score!r} is not a score of {type(cli.model).__name__}; its scores are "
+                         f"{list(cli.model.score_names)}")
     with cli.checkpoint_errors_explained(ckpt_path):
-        result = score_images(cli.trainer, cli.model, cli.datamodule, images, ckpt_path=ckpt_path)
+        result = score_images(cli.trainer, cli.model, cli.datamodule, images, ckpt_path=ckpt_path,
+                              sheet=(score, config.sheet_images))
     if not cli.trainer.is_global_zero:
         return result
     calibration = (read_calibration(config.calibration) if config.calibration
@@ -62,7 +68,6 @@ def main(args: list[str] | None = None) -> dict:
     columns, rows = prediction_rows(images.names, result, errors, calibration)
     out_dir = Path(config.out_dir)
     write_predictions(out_dir / "predictions.csv", columns, rows)
-    score = config.sheet_score or next(iter(result["scores"]))
     if len(result["index"]):
         write_contact_sheet(out_dir / "contact_sheet.png", images.names, result, score, calibration,
                             config.sheet_images)

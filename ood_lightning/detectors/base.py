@@ -35,6 +35,9 @@ class OODDetector(L.LightningModule):
     def __init__(self):
         super().__init__()
         self.shown: list[tuple[str, Tensor, str | None]] = []
+        # Per-sample pictures of the last scored batch, {row name: [B, 3, H, W] in [0, 1]} (DiffGuard's synthesis),
+        # which predict.py's contact sheet shows beside each image; empty for detectors that make none.
+        self.pictures: dict[str, Tensor] = {}
 
     @property
     def inputs(self) -> BatchInputs:

@@ -1,7 +1,8 @@
 """A compact export of a run for scoring new images, in the spirit of save_pretrained / from_pretrained:
 `model.safetensors` (only the weights scoring reads: for LFDN the EMA networks, not the trained copy or the
 optimizer; a pretrained backbone stays a reference to its weights file), `detector.json` (the model config,
-the preprocessing, the calibration) and, for a detector that fits at test time, the run's `fitted.pt`. `load_detector` reads it without the run's folder or training config.
+the preprocessing, the calibration) and, for a detector that fits at test time, the run's `fitted.pt`.
+`load_detector` reads it without the run's folder or training config.
 
     python -m ood_lightning.prediction.export RUN_FOLDER OUT_FOLDER [--checkpoint FILE]
 """

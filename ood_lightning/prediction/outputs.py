@@ -16,6 +16,7 @@ from ood_lightning.prediction.calibration import decisions
 
 TILE = 112  # pixels of one contact-sheet image
 CAPTION = 28  # pixels of text under it
+LABEL = 12  # pixels of the line naming a picture row (DiffGuard's synthesis)
 
 
 def prediction_rows(names: Sequence[str], result: dict, errors: dict[int, str],
@@ -55,31 +56,49 @@ def write_predictions(path: Path, columns: list[str], rows: list[dict]) -> None:
 def write_contact_sheet(path: Path, names: Sequence[str], result: dict, score: str, calibration: dict | None,
                         count: int = 8) -> None:
     """Two rows of `count` images: the highest `score` (most OOD) and the lowest (most ID), each captioned with its
-    score (and "OOD" when above the calibrated threshold)."""
+    score (and "OOD" when above the calibrated threshold). Where the detector made pictures of them
+    (`result["pictures"]`: DiffGuard's re-synthesis, the guidance mask), each picture row follows under its
+    images, so a flagged image's synthesis is seen beside it."""
     values = np.asarray(result["scores"][score])
     order = np.argsort(-values, kind="stable")
     rows = {"most OOD": order[:count], "most ID": order[::-1][:count]}
     threshold = calibration["scores"][score]["threshold"] if calibration and score in calibration["scores"] else None
+    pictures = result.get("pictures") or {}
+    picture_rows = list(dict.fromkeys(name for shown in pictures.values() for name in shown))
     width = max(1, min(count, len(values)))
-    sheet = Image.new("RGB", (width * TILE, 2 * (TILE + CAPTION) + 2 * CAPTION), "white")
+    section = CAPTION + TILE + CAPTION + len(picture_rows) * (LABEL + TILE)
+    sheet = Image.new("RGB", (width * TILE, 2 * section), "white")
     draw = ImageDraw.Draw(sheet)
     y = 0
     for label, picks in rows.items():
-        draw.text((4, y + 8), f"{label} by {score}" + (f" (threshold {threshold:.4g})" if threshold is not None else ""),
-                  fill="black")
+        limit = f" (threshold {threshold:.4g})" if threshold is not None else ""
+        draw.text((4, y + 8), f"{label} by {score}{limit}", fill="black")
         y += CAPTION
         for column, k in enumerate(picks):
             name = names[int(result["index"][k])]
             try:
                 image = load_rgb(name)
-                scale = TILE / max(image.size)  # small images grow (sharp), large ones shrink (smooth)
-                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                     Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
             except ImageDecodeError:
                 image = Image.new("RGB", (TILE, TILE), "grey")
-            sheet.paste(image, (column * TILE + (TILE - image.width) // 2, y + (TILE - image.height) // 2))
+            _paste(sheet, image, column * TILE, y)
             flag = " OOD" if threshold is not None and values[k] > threshold else ""
             draw.text((column * TILE + 4, y + TILE + 2), f"{values[k]:.4g}{flag}", fill="red" if flag else "black")
             draw.text((column * TILE + 4, y + TILE + 14), Path(name).name[:18], fill="black")
         y += TILE + CAPTION
+        for row in picture_rows:
+            draw.text((4, y + 1), f"{row} of each image above", fill="black")
+            y += LABEL
+            for column, k in enumerate(picks):
+                picture = pictures.get(int(result["index"][k]), {}).get(row)
+                if picture is not None:
+                    _paste(sheet, Image.fromarray(picture), column * TILE, y)
+            y += TILE
     atomic_write(path, lambda f: sheet.save(f, format="png"))
+
+
+def _paste(sheet: Image.Image, image: Image.Image, x: int, y: int) -> None:
+    """`image` scaled to the tile (small images grow sharp, large ones shrink smooth), centred in it."""
+    scale = TILE / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
+    sheet.paste(image, (x + (TILE - image.width) // 2, y + (TILE - image.height) // 2))

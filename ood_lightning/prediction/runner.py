@@ -14,10 +14,11 @@ from ood_lightning.prediction.scoring import ImageScores
 
 
 def score_images(trainer: L.Trainer, model: OODDetector, datamodule, images: Dataset,
-                 ckpt_path: str | None = None) -> dict:
-    """Every image of `images` scored once (`OODDetector.predict_step`), on every process: ImageScores.result."""
+                 ckpt_path: str | None = None, sheet: tuple[str, int] | None = None) -> dict:
+    """Every image of `images` scored once (`OODDetector.predict_step`), on every process: ImageScores.result
+    (with `sheet`, also the pictures of the images a contact sheet by that score shows)."""
     datamodule.predict_set = images
-    collector = ImageScores()
+    collector = ImageScores(sheet)
     trainer.callbacks.append(collector)
     try:
         trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)

@@ -78,7 +78,9 @@ class DiffGuardDetector(OODDetector):
 
     def save_grid(self, dataset: str, rows: dict[str, Tensor]) -> None:
         """Show the first `grid_images` images of each set a process sees, one row per entry of `rows`
-        ([N, 3, H, W] in [0, 1]): the evaluation writes rank 0's to grids/<set>.png and the image loggers."""
+        ([N, 3, H, W] in [0, 1]): the evaluation writes rank 0's to grids/<set>.png and the image loggers. The
+        rows but the input are also this batch's `pictures` (predict.py's contact sheet shows them)."""
+        self.pictures = {name: images.detach() for name, images in rows.items() if name != "input"}
         if self.hparams.grid_images <= 0 or dataset in self._grids_done:
             return
         n = min(self.hparams.grid_images, *(len(images) for images in rows.values()))
