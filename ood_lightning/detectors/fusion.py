@@ -101,6 +101,9 @@ class CascadeFusion(OODDetector):
     image (where it reports them, as DiffGuardGDM's unet_evals / classifier_evals) and the seconds spent in the
     baseline and in the refiner (this process's).
 
+    The thresholds and the children's fits are the fusion's `fitted_state`, saved with the run as fitted.pt, so
+    predict.py and load_detector score without the benchmark.
+
     The fusion reads what its children read (`inputs`: images and/or cached features, served by the DataModule),
     so any detector can be baseline or refiner, LFDN included. The children are nested LightningModules: Lightning
     attaches the trainer to them and moves them with this module; `setup` and `on_test_start` are forwarded
