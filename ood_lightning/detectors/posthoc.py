@@ -120,7 +120,8 @@ class PostHocDetector(OODDetector):
     train split (after `data.train_subset`), every process on the whole split, deterministically; scoring before
     that is refused. The fits travel with the run (`fitted_state`: the representations they were fitted on, which
     loading refits from), so predict.py and load_detector score without the benchmark. The classifier's argmax is
-    saved beside the scores as `prediction`. The seconds each detector spends per test set (its own calls plus the shared classifier pass) go to results.json as "posthoc".
+    saved beside the scores as `prediction`. The seconds each detector spends per test set (its own calls plus the
+    shared classifier pass) go to results.json as "posthoc".
 
     Not per-sample deterministic, hence refused: MCD (dropout draws depend on the batch).
 
