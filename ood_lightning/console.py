@@ -17,6 +17,8 @@ import warnings
 WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r"You passed in a `val_dataloader` but have no `validation_step`", UserWarning,
      "the datamodule offers its ID test split for validation to the training configs; detectors do not validate"),
+    (r"Total length of `list` across ranks is zero", UserWarning,
+     "folders with train images only leave nothing to validate on; the datamodule says that in words"),
     (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning,
      "frozen backbones and classifiers stay in eval mode on purpose (BatchNorm on its running statistics)"),
     (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency", UserWarning,

@@ -283,3 +283,26 @@ def test_train_py_trains_a_classifier_that_build_classifier_loads(tmp_path):
 def test_classifier_checks_the_class_count(tmp_path):
     with pytest.raises(ValueError, match="num_classes is 10"):
         tiny_trainer(tmp_path, max_steps=1).fit(ClassifierTraining(num_classes=10), datamodule=OODDataModule(**DIGITS))
+
+
+def _train_only_folders(root: Path, classes: int, per_class: int = 4) -> Path:
+    """An ImageFolder of random 16 px images: in-distribution train images and nothing else."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("model", ["classifier", "diffusion"])
+def test_training_on_folders_with_train_images_only(tmp_path, model):
+    """Your own data may be in-distribution train images alone: the training configs train without validating."""
+    train = _train_only_folders(tmp_path / "train", classes=3)
+    dm = OODDataModule(benchmark="folders", root=None, id_train=str(train), image_size=16, batch_size=4,
+                       num_workers=0)
+    module = ClassifierTraining(num_classes=3) if model == "classifier" else tiny_diffusion(num_classes=3)
+    trainer = tiny_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2
+    assert not [name for name in trainer.callback_metrics if name.startswith("val/")]  # nothing to validate on

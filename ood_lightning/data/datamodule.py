@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .feature_cache import BatchInputs, CachedFeatures, cached_features
@@ -240,9 +241,13 @@ class OODDataModule(L.LightningDataModule):
                                "(setup() not run, train=False, or folders without id_train)")
         return self.loader(self.train_set, sampler=self.training_order(self.train_set))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         """The in-distribution test set, for models that validate while they train (configs/classifier/,
-        configs/diffusion/); models without a validation_step (the detectors) skip it."""
+        configs/diffusion/); models without a validation_step (the detectors) skip it. Without one (`folders` with
+        id_train only) there is nothing to validate on, and Lightning skips validation."""
+        if ID_SET not in self.test_sets:
+            rank_zero_info("No in-distribution test images (--data.id_test): training without validation.")
+            return []
         return self.loader(self.test_sets[ID_SET])
 
     def test_dataloader(self) -> list[DataLoader]:
