@@ -17,8 +17,8 @@ config overrides, each in runs/lfdn_study/<stage>/; a stage whose results.json e
 mid-training resumes from its last.ckpt, a stage that fails is recorded and the others go on, so the study can be
 stopped and rerun at any time. All stages share one feature cache: settings that leave the features alone (epochs,
 width, depth, scoring) never run the backbone again.
-Stages run cheapest-and-most-informative first: scoring settings (no training), epochs (no extraction, and the LR
-sign question), backbone, input size, training-set size, width / depth, taps.
+Stages run in the order of RUN_FIRST (cheap, and the settings most likely to move near-OOD detection: scoring,
+semantic taps, bigger backbones, the LR sign question), then the rest table by table, the costliest last.
 
 Writes benchmarks/results/lfdn_study.md (one table per setting, which stages are done or pending) and
 benchmarks/results/lfdn_study.json (every finished stage's metrics).
@@ -109,6 +109,21 @@ TABLES = (
               _s("neck stride 8", f"{BACKBONE}neck_stride", "8"),
               _s("neck stride 32", f"{BACKBONE}neck_stride", "32"))),
 )
+
+
+RUN_FIRST = ("scoring-start_index_20", "scoring-start_index_3_eta_0", "taps-levels_2-4", "taps-levels_3-4",
+             "backbone-Lite2", "epochs-10_epochs", "epochs-60_epochs", "backbone-Lite1", "width_depth-768_x_3",
+             "width_depth-384_x_6", "train_size-25000", "image_size-96_px", "image_size-160_px")
+RUN_LAST = ("image_size-224_px", "epochs-100_epochs", "train_size-50000_(all)")
+
+
+def run_order() -> list[tuple[str, Setting]]:
+    """Every non-default stage: RUN_FIRST, then the tables' other rows in order, then RUN_LAST."""
+    stages = dict((stage_name(t, s), s) for t in TABLES for s in t.settings if not s.is_default)
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    rank.update({name: len(stages) + i for i, name in enumerate(RUN_LAST)})
+    names = sorted(stages, key=lambda name: rank.get(name, len(RUN_FIRST)))  # stable: table order in between
+    return [(name, stages[name]) for name in names]
 
 
 def stage_name(table: Table, setting: Setting) -> str:
@@ -337,9 +352,7 @@ def main() -> None:
     if not args.report_only:
         ensure_extracted(args.root)
         args.out.mkdir(parents=True, exist_ok=True)
-        order = list(dict.fromkeys((stage_name(t, s), s) for t in TABLES for s in t.settings
-                                   if not s.is_default))
-        for name, setting in [("default", DEFAULT), *order]:
+        for name, setting in [("default", DEFAULT), *run_order()]:
             if args.only is None or name in args.only:
                 study.run(name, setting)
                 write_report(study, args.page)
