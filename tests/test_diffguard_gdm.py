@@ -7,6 +7,7 @@ import torch
 
 from diffguard_helpers import evaluate_args, run_evaluate, save_tiny_unet, unlabelled_folders
 from ood_lightning.cli import make_cli
+from ood_lightning.detectors.diffguard import similarity as similarity_module
 from ood_lightning.detectors.diffguard.gdm import DiffGuardGDM
 from ood_lightning.detectors.diffguard.similarity import dists_similarity_unclamped
 from ood_lightning.noise import sample_seed
@@ -175,6 +176,24 @@ def test_early_stop_rule_is_psnr_or_dists(unet_dir, tmp_path):
         assert both.should_stop(near, image, rows).tolist() == [True, True]
         assert psnr_only.should_stop(far, image, rows).tolist() == [True, True]
         assert both.stop_dists is not None and psnr_only.stop_dists is None
+
+
+def test_dists_stop_rule_shares_the_scoring_vgg16(unet_dir, tmp_path, monkeypatch):
+    """The stop rule's DISTS is the scoring DISTS when that is on, and with LPIPS scoring alone it is built on the
+    same read of the VGG16 file: 528 MB read once, one copy of the convolutions."""
+    weights = write_piq_weight_files(tmp_path)
+    common = {"diffusion_model": str(unet_dir), "classifier": "cifar_resnet20", "classifier_weights": None,
+              "num_classes": 10, "stop_psnr": 20.0, "stop_dists_similarity": 0.5, **weights}
+    reads = []
+    real = similarity_module.load_checkpoint
+    monkeypatch.setattr(similarity_module, "load_checkpoint",
+                        lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    lpips_scored = DiffGuardGDM(similarities=["lpips"], **common)
+    assert reads.count(str(weights["vgg16_weights"])) == 1
+    assert lpips_scored.stop_dists.dists.model[0].weight is lpips_scored.distances["lpips"].lpips.model[0].weight
+    assert list(lpips_scored.distances) == ["lpips"]  # the stop rule's DISTS is not a score
+    dists_scored = DiffGuardGDM(similarities=["dists", "l2"], **common)
+    assert dists_scored.stop_dists is dists_scored.distances["dists"]
 
 
 @pytest.fixture(scope="module")

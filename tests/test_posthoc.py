@@ -4,6 +4,7 @@ batch size; fitting is required where pytorch-ood requires it; configuration err
 serves as the cascade's baseline through the evaluator. The classifier is a tiny random CNN given by class_path
 (a user's own nn.Module), so the scores are meaningless and cheap; agreement is what is checked."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -105,6 +106,29 @@ def test_detectors_that_need_fitting_refuse_to_score_before_fit():
                             SPEC, None)
     assert not given.needs_fit and isinstance(given.detectors["react"], ReAct)  # a given threshold is kept
     assert given.representations == {"react": "pooled_maps"}
+
+
+def test_setup_fits_on_the_train_split_or_names_what_it_cannot_fit():
+    """OODDetector.setup("test") fits what is unfitted on the datamodule's served train split, and refuses a
+    benchmark without one, naming the detectors it would have fitted."""
+    served = []
+    train = _samples(*_images(40, seed=1))
+    dm = SimpleNamespace(train_set=train, benchmark_name="folders", loader=_loader,
+                         served=lambda ds, split: served.append(split) or ds)
+    trainer = SimpleNamespace(datamodule=dm, strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                              is_global_zero=False)
+    det = PostHocDetector({"vim": DETECTORS["vim"], "energy": DETECTORS["energy"]}, SPEC, None)
+    det._trainer = trainer
+    det.setup("fit")  # only a test fits
+    assert det.needs_fit and served == []
+    det.setup("test")
+    assert not det.needs_fit and served == ["train"]
+    unfitted = PostHocDetector({"vim": DETECTORS["vim"], "mahalanobis": DETECTORS["mahalanobis"]}, SPEC, None)
+    unfitted._trainer = SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(train_set=None,
+                                                                                           benchmark_name="folders")})
+    with pytest.raises(RuntimeError, match="PostHocDetector fits mahalanobis, vim on the ID train split, but "
+                                           "benchmark 'folders' has none here"):
+        unfitted.setup("test")
 
 
 def test_gradient_detectors_need_autograd_at_test_time():

@@ -55,6 +55,23 @@ class OODDetector(L.LightningModule):
         """Fit whatever `score` needs on the in-distribution `train_set` (served with this detector's `inputs`),
         reading it through `make_loader`. Default: nothing to fit."""
 
+    @property
+    def fit_targets(self) -> str:
+        """What `fit` still has to fit, in words, for the error when a benchmark has no train split to fit it on."""
+        return "its in-distribution statistics"
+
+    def setup(self, stage: str) -> None:
+        """Before a test, fit what `score` still needs on the benchmark's ID train split (nothing when `needs_fit`
+        is False: nothing to fit, or restored by `load_fitted_state`)."""
+        if stage != "test" or not self.needs_fit:
+            return
+        dm = self.trainer.datamodule
+        if dm.train_set is None:
+            raise RuntimeError(f"{type(self).__name__} fits {self.fit_targets} on the ID train split, but benchmark "
+                               f"{dm.benchmark_name!r} has none here (data.train false, or folders without id_train)")
+        self.fit(dm.served(dm.train_set, "train"), dm.loader, self.trainer.strategy.root_device,
+                 progress=self.trainer.is_global_zero)
+
     def fitted_state(self) -> dict | None:
         """What fitting computed (tensors, numbers, strings, containers of them: what torch.load(weights_only=True)
         reads), for predict.py and load_detector, which have no benchmark to fit on (prediction/fitted.py saves it

@@ -164,16 +164,10 @@ class ClassifierBaselines(OODDetector):
         return ("knn" in self.score_names and self.knn_bank is None) or (
             "vim" in self.score_names and self.vim_basis is None)
 
-    def setup(self, stage: str) -> None:
-        if stage != "test" or not self.needs_fit:
-            return
-        dm = self.trainer.datamodule
-        if dm.train_set is None:
-            raise RuntimeError(f"scores {[s for s in self.score_names if s in FITTED]} are fitted on the ID train "
-                               f"split, but benchmark {dm.benchmark_name!r} has none here (train=False, or folders "
-                               "without id_train); drop knn/vim from model.init_args.scores")
-        self.fit(dm.served(dm.train_set, "train"), dm.loader, self.trainer.strategy.root_device,
-                 progress=self.trainer.is_global_zero)
+    @property
+    def fit_targets(self) -> str:
+        fitted = [s for s in self.score_names if s in FITTED]
+        return f"scores {fitted} (drop them from model.init_args.scores to score without a train split)"
 
     def fit(self, train_set: Dataset, make_loader: Callable[[Dataset], DataLoader],
             device: torch.device | str = "cpu", progress: bool = True) -> None:

@@ -179,15 +179,9 @@ class PostHocDetector(OODDetector):
     def needs_gradients(self) -> bool:
         return any(isinstance(det, _api().GradientDetector) for det in self.detectors.values())
 
-    def setup(self, stage: str) -> None:
-        if stage != "test" or not self.needs_fit:
-            return
-        dm = self.trainer.datamodule
-        if dm.train_set is None:
-            raise RuntimeError(f"{sorted(self._unfitted)} are fitted on the ID train split, but benchmark "
-                               f"{dm.benchmark_name!r} has none here (train=False, or folders without id_train)")
-        self.fit(dm.served(dm.train_set, "train"), dm.loader, self.trainer.strategy.root_device,
-                 progress=self.trainer.is_global_zero)
+    @property
+    def fit_targets(self) -> str:
+        return ", ".join(sorted(self._unfitted))
 
     def fit(self, train_set: Dataset, make_loader: Callable[[Dataset], DataLoader],
             device: torch.device | str = "cpu", progress: bool = True) -> None:

@@ -31,7 +31,7 @@ class DiffGuardDetector(OODDetector):
     def __init__(self, classifier: str, classifier_weights: str | None, num_classes: int | None,
                  mean: list[float] | None, std: list[float] | None, reference: str, similarities: list[str],
                  oracle: bool, vgg16_weights: str | None, dists_weights: str | None, lpips_weights: str | None,
-                 grid_images: int, seed: int):
+                 grid_images: int, seed: int, helper_measures: tuple[str, ...] = ()):
         super().__init__()
         self.oracle, self.grid_images, self.seed = bool(oracle), int(grid_images), int(seed)
         if reference not in ("unguided", "input"):
@@ -42,9 +42,12 @@ class DiffGuardDetector(OODDetector):
         self.classifier = build_classifier(classifier, classifier_weights, num_classes, mean, std).requires_grad_(False)
         self.weight_files = {"vgg16_weights": vgg16_weights, "dists_weights": dists_weights,
                              "lpips_weights": lpips_weights}
-        # dists and lpips share one read of the VGG16 file
-        self.distances = torch.nn.ModuleDict(build_distances(similarities, classifier=self.classifier,
-                                                             **self.weight_files))
+        # dists and lpips share one read of the VGG16 file, also with `helper_measures`: measures the sampler uses
+        # besides the scores (GDM's DISTS stop rule), in self.helpers
+        built = build_distances(list(dict.fromkeys([*similarities, *helper_measures])), classifier=self.classifier,
+                                **self.weight_files)
+        self.distances = torch.nn.ModuleDict({name: built[name] for name in similarities})
+        self.helpers = torch.nn.ModuleDict({name: built[name] for name in helper_measures})
         self._grids_done: set[str] = set()
 
     def on_test_start(self) -> None:

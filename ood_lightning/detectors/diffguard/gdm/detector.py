@@ -20,7 +20,7 @@ from torch import Tensor
 from ood_lightning.diffusion_export import EXPORT_INFO, check_training_schedule, read_export_info
 
 from ..detector import DiffGuardDetector
-from ..similarity import build_distance, dists_similarity_unclamped, psnr_db
+from ..similarity import dists_similarity_unclamped, psnr_db
 from .guidance import CleanGradGuidance, Cutouts
 from .inversion import invert
 from .respacing import respaced_tables
@@ -111,7 +111,8 @@ class DiffGuardGDM(DiffGuardDetector):
         seed: int = 0,
     ):
         super().__init__(classifier, classifier_weights, num_classes, mean, std, reference, similarities, oracle,
-                         vgg16_weights, dists_weights, lpips_weights, grid_images, seed)
+                         vgg16_weights, dists_weights, lpips_weights, grid_images, seed,
+                         helper_measures=("dists",) if stop_dists_similarity is not None else ())
         self.save_hyperparameters()
         if resynthesis_offset < 0:
             raise ValueError(f"resynthesis_offset must be >= 0, got {resynthesis_offset}")
@@ -132,12 +133,14 @@ class DiffGuardGDM(DiffGuardDetector):
             raise ValueError(f"{diffusion_model}: the UNet has {self.unet.config.num_class_embeds} class embeddings "
                              f"but {EXPORT_INFO} names class {info['null_class']} as the null class (expected the "
                              "last); re-export the model with configs/diffusion/")
-        self.stop_dists = None  # the DISTS of the early-stop rule: the scoring one when that is on (one VGG copy)
-        if stop_dists_similarity is not None:
-            self.stop_dists = self.distances["dists"] if "dists" in self.distances else build_distance(
-                "dists", **self.weight_files)
         self.guidance = CleanGradGuidance(self.classifier, guidance_scale,
                                           Cutouts(cutouts, cutout_size, cutout_seed), use_x0=clean_x0)
+
+    @property
+    def stop_dists(self) -> torch.nn.Module | None:
+        """The DISTS of the early-stop rule (None when the rule has no DISTS part), built on the VGG16 copy of the
+        scoring measures: the scoring DISTS itself when that is on."""
+        return self.helpers["dists"] if "dists" in self.helpers else None
 
     # -- the diffusion model ---------------------------------------------------------------------------
     def eps(self, x: Tensor, k: int, rows: Tensor) -> Tensor:
