@@ -41,7 +41,9 @@ def calibrate_run(trainer: L.Trainer, model: OODDetector, datamodule, folder: st
                    f"no thresholds. {HOW_TO_CALIBRATE}")
         if required:
             raise RuntimeError(message)
-        rank_zero_info(f"Calibration skipped: {message}")
+        rank_zero_info(f"Calibration skipped: no in-distribution train image of {datamodule.benchmark_name!r} is left "
+                       "out of training, so the run has scores but no thresholds (--calibration_size N holds N out; "
+                       "docs/predict.md)")
         return None
     result = score_images(trainer, model, datamodule, images, ckpt_path=ckpt_path)
     calibration = calibrate_scores(
