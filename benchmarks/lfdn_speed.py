@@ -16,6 +16,7 @@ Writes benchmarks/results/lfdn_speed.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -108,7 +109,8 @@ def main() -> None:
 
     epoch = cached_vs_uncached_b4(args)
     lines = [
-        f"Measured by `python benchmarks/lfdn_speed.py` on {torch.get_num_threads()} CPU threads, batch "
+        f"Measured by `{' '.join(['python benchmarks/lfdn_speed.py', *sys.argv[1:]])}` on {torch.get_num_threads()} "
+        f"CPU threads, batch "
         f"{args.batch_size}; every figure warmed up, the compared paths timed in turn, median of {args.rounds} "
         "rounds.",
         "",
