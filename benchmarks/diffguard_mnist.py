@@ -64,24 +64,19 @@ CASCADES = [
 
 def cascade_cost(out: Path, timings: dict[str, float]) -> list[str]:
     """Table rows: for full GDM and CFG (no mask) and each cascade, the share of images DiffGuard ran on (overall and
-    per set), GDM's UNet passes per image of the evaluation (from its per-sample unet_evals) and the wall time."""
+    per set), DiffGuard's UNet passes per image of the evaluation (from its per-sample unet_evals) and the wall time."""
     sets = ["id", *OOD_SETS]
     lines = []
     for run, label in (("gdm", "DiffGuard GDM on every image"), ("cfg_no_mask", "DiffGuard CFG, no mask, on every "
                                                                    "image")):
-        passes = "–"
-        if run == "gdm":
-            unet = [np.load(out / run / "scores" / f"{name}.npz")["extra_unet_evals"] for name in sets]
-            passes = f"{np.concatenate(unet).mean():.1f}"
-        lines.append(f"| {label} | 100.0% | all | {passes} | {timings[run] / 60:.1f} min |")
+        unet = [np.load(out / run / "scores" / f"{name}.npz")["extra_unet_evals"] for name in sets]
+        lines.append(f"| {label} | 100.0% | all | {np.concatenate(unet).mean():.1f} | {timings[run] / 60:.1f} min |")
     for run, _, method, _, _ in CASCADES:
         block = json.loads((out / run / "results.json").read_text())["fusion"]["cost"]
         images = sum(block[name]["images"] for name in sets)
         refined = sum(block[name]["refined"] for name in sets)
         per_set = ", ".join(f"{100 * block[name]['refined_fraction']:.0f}%" for name in sets)
-        passes = "–"
-        if "refiner_unet_evals_per_image" in block["id"]:
-            passes = f"{sum(block[n]['refiner_unet_evals_per_image'] * block[n]['images'] for n in sets) / images:.1f}"
+        passes = f"{sum(block[n]['refiner_unet_evals_per_image'] * block[n]['images'] for n in sets) / images:.1f}"
         lines.append(f"| {method} | {100 * refined / images:.1f}% | {per_set} | {passes} | "
                      f"{timings[run] / 60:.1f} min |")
     return lines
@@ -170,7 +165,7 @@ def main() -> None:
         "(docs/diffguard.md (Cascade cost)). What they cost, beside DiffGuard on every image:",
         "",
         "| run | DiffGuard ran on (all sets) | per set (" + ", ".join(["id", *OOD_SETS]) + ") "
-        "| GDM UNet passes per image | wall time |",
+        "| DiffGuard's UNet passes per image | wall time |",
         "|---|---:|---|---:|---:|",
         *cost,
         "",

@@ -378,6 +378,22 @@ def test_oracle_refuses_an_in_distribution_set_without_labels(ldm_dir, tmp_path)
         run_evaluate(args)
 
 
+@pytest.mark.parametrize("reference, use_cam", [("unguided", True), ("input", False)])
+def test_reported_passes_are_the_passes_made(dit_dir, reference, use_cam):
+    """unet_evals counts the image rows the diffusion model was called on, per image (the cascade's cost report)."""
+    detector = DiffGuardLDM(diffusion_model=str(dit_dir), classifier="cifar_resnet20", classifier_weights=None,
+                            num_classes=10, image_size=16, num_steps=4, beta_schedule="linear", beta_start=1e-4,
+                            beta_end=0.02, reference=reference, use_cam=use_cam, similarities=["l2"], grid_images=0)
+    rows = []
+    eps = detector.latent_model.eps
+    detector.latent_model.eps = lambda x, *args: rows.append(len(x)) or eps(x, *args)
+    batch = {"image": torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)), "index": torch.arange(3),
+             "label": torch.zeros(3, dtype=torch.long)}
+    scores = detector.score(batch, "id")
+    assert scores["unet_evals"].tolist() == [sum(rows) / 3] * 3
+    assert scores["classifier_evals"].tolist() == [2.0 if use_cam else 1.0] * 3
+
+
 def test_the_unguided_twin_is_the_plain_unconditional_resynthesis(dit_dir):
     """reference: unguided compares the guided synthesis with the plain unconditional DDIM re-synthesis from the same
     latent (the reference's uncond_aux): a twin guided toward the target like the synthesis would score 0."""

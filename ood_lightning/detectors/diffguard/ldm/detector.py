@@ -48,7 +48,8 @@ class DiffGuardLDM(DiffGuardDetector):
 
     Scores: one per entry of `similarities` (distances, higher = OOD). Saved per sample beside them: `prediction`
     (the classifier's label), `target` (the label guided toward: the prediction, or the oracle's) and `cam_area`
-    (the fraction of the latent grid that is guided: 1 without the mask).
+    (the fraction of the latent grid that is guided: 1 without the mask), `unet_evals` and `classifier_evals` (the
+    image passes through the diffusion model and the classifier, as DiffGuardGDM reports them; a cascade's cost).
 
     Args:
         diffusion_model: CompVis cin256-v2 `model.ckpt` (converted on load), a folder converted from it by
@@ -86,7 +87,7 @@ class DiffGuardLDM(DiffGuardDetector):
         seed: Seed of the oracle's random OOD labels.
     """
 
-    extra_names = ("prediction", "target", "cam_area")
+    extra_names = ("prediction", "target", "cam_area", "unet_evals", "classifier_evals")
 
     def __init__(
         self,
@@ -163,4 +164,9 @@ class DiffGuardLDM(DiffGuardDetector):
             rows["guidance mask"] = F.interpolate(mask.float(), size=images.shape[-2:], mode="nearest").expand(
                 -1, 3, -1, -1)
         self.save_grid(dataset, rows)
-        return {**scores, "prediction": prediction, "target": target, "cam_area": cam_area}
+        # per image: one inversion pass per step; per re-synthesis step a [null, label] pair, for the twin too
+        unet_evals = len(self.inversion_table) + 2 * len(self.resynthesis_table) * (2 if twin else 1)
+        classifier_evals = 1 + (mask is not None)  # the prediction, and Grad-CAM's forward and backward pass
+        return {**scores, "prediction": prediction, "target": target, "cam_area": cam_area,
+                "unet_evals": torch.full_like(cam_area, unet_evals), "classifier_evals":
+                torch.full_like(cam_area, classifier_evals)}
