@@ -113,7 +113,8 @@ TABLES = (
 
 RUN_FIRST = ("scoring-start_index_20", "scoring-start_index_3_eta_0", "taps-levels_2-4", "taps-levels_3-4",
              "backbone-Lite2", "epochs-10_epochs", "epochs-60_epochs", "backbone-Lite1", "width_depth-768_x_3",
-             "width_depth-384_x_6", "train_size-25000", "image_size-96_px", "image_size-160_px")
+             "width_depth-384_x_6", "train_size-25000", "image_size-160_px", "image_size-96_px", "taps-levels_1-4",
+             "taps-neck_stride_8", "width_depth-1536_x_6")
 RUN_LAST = ("image_size-224_px", "epochs-100_epochs", "train_size-50000_(all)")
 
 
@@ -129,7 +130,17 @@ def run_order() -> list[tuple[str, Setting]]:
 def stage_name(table: Table, setting: Setting) -> str:
     if setting.is_default:
         return "default"
-    return f"{table.key}-" + setting.label.replace(" ", "_").replace(",", "")
+    return f"{table.key}-" + _slug(setting.label)
+
+
+def combined_name(setting: Setting) -> str:
+    """The combined stage is named by its setting, so a later change of a table's winner trains a new stage instead
+    of reusing the results of the old combination."""
+    return "combined-" + _slug(setting.label)
+
+
+def _slug(label: str) -> str:
+    return label.replace(" + ", "+").replace(" ", "_").replace(",", "")
 
 
 QUICK = ("--data.train_subset", "300", "--data.eval_subset", "100", "--trainer.max_epochs", "2")
@@ -195,11 +206,12 @@ def fpr95(results: dict, score: str, dataset: str) -> float:
 
 
 def winner(study: Study, table: Table) -> Setting | None:
-    """The row with the highest tin_val AUROC of the selection score, once every row of the table is done."""
+    """The row with the highest tin_val AUROC of the selection score, once every row of the table is done; on a tie
+    the default stays."""
     finished = {s: study.results(stage_name(table, s)) for s in table.settings}
     if any(r is None for r in finished.values()):
         return None
-    return max(finished, key=lambda s: auroc(finished[s], SELECTION_SCORE, SELECT))
+    return max(finished, key=lambda s: (auroc(finished[s], SELECTION_SCORE, SELECT), s.is_default))
 
 
 def combined_setting(study: Study) -> Setting | None:
@@ -320,7 +332,7 @@ def write_report(study: Study, page: Path) -> None:
     if combined is None:
         lines += ["## Combined winners", "", "Pending: needs every table done.", ""]
     else:
-        r = study.results("combined")
+        r = study.results(combined_name(combined))
         lines += ["## Combined winners", "", f"Setting: {combined.label} "
                   f"(overrides: `{' '.join(combined.overrides) or 'none'}`).", ""]
         if r is None:
@@ -358,7 +370,7 @@ def main() -> None:
                 write_report(study, args.page)
         combined = combined_setting(study)
         if combined is not None and (args.only is None or "combined" in args.only):
-            study.run("combined", combined)
+            study.run(combined_name(combined), combined)
     write_report(study, args.page)
 
 

@@ -57,3 +57,21 @@ def test_scoring_settings_score_the_default_checkpoint(study):
     assert stage.command[0] == "evaluate.py" and stage.command[stage.command.index("--ckpt_path") + 1] == str(ckpt)
     assert stage.command[-len(setting.overrides):] == list(setting.overrides)  # the setting's overrides come last
     assert stage.done == study.folder("scoring-x") / "results.json"
+
+
+def test_combined_stage_is_named_by_the_winners_it_combines(study):
+    for table in lfdn_study.TABLES:
+        for setting in table.settings:
+            name = lfdn_study.stage_name(table, setting)
+            if not study.folder(name).exists():
+                _write(study, name, tin_val=0.80 if setting.label == "Lite2" else 0.70, tin_test=0.70)
+    combined = lfdn_study.combined_setting(study)
+    assert combined.label == "Lite2"
+    assert combined.overrides == ("--model.init_args.backbone.init_args.model_name", "tf_efficientnet_lite2")
+    first = lfdn_study.combined_name(combined)
+    (study.folder("image_size-160_px") / "results.json").unlink()  # a table's winner changes:
+    study.folder("image_size-160_px").rmdir()
+    _write(study, "image_size-160_px", tin_val=0.90, tin_test=0.70)
+    combined = lfdn_study.combined_setting(study)
+    assert combined.label == "Lite2 + 160 px"
+    assert lfdn_study.combined_name(combined) not in (first, "combined")  # a new stage, not the old one's results
