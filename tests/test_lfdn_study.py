@@ -1,23 +1,40 @@
 """The LFDN settings study's protocol (benchmarks/lfdn_study.py): a table's winner is read on the validation half of
 Tiny-ImageNet only, and every setting has a stage of its own."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lfdn_study  # noqa: E402  (a script folder, not a package)
 
 
-def _write(study, name: str, tin_val: float, tin_test: float) -> None:
-    metrics = {"auroc": 0.5, "fpr95": 0.5, "n_id": 10, "n_ood": 10}
+IMAGES = 300
+_ID = np.random.default_rng(1).normal(0.0, 1.0, IMAGES)
+_OOD = np.random.default_rng(2).normal(1.0, 1.0, IMAGES)
+
+
+def _write(study, name: str, shift: float = 0.0, noise: float = 0.0, noise_seed: int = 3,
+           tin_test: float = 0.5) -> None:
+    """A finished stage whose tin_val scores are the shared base scores, moved up by `shift` (OOD only: a better
+    detector) and blurred by `noise` (both sets: a different detector that is neither better nor worse)."""
+    rng = np.random.default_rng(noise_seed)
+    id_scores = _ID + noise * rng.normal(size=IMAGES)
+    ood_scores = _OOD + shift + noise * rng.normal(size=IMAGES)
+    metrics = {"auroc": 0.5, "fpr95": 0.5, "n_id": IMAGES, "n_ood": IMAGES}
     scores = {score: {"tin_val": dict(metrics), "tin_test": dict(metrics), "mnist": dict(metrics)}
               for score in lfdn_study.SCORES}
-    scores["mse"]["tin_val"]["auroc"], scores["mse"]["tin_test"]["auroc"] = tin_val, tin_test
+    scores["mse"]["tin_val"]["auroc"] = lfdn_study._aurocs(id_scores[None], ood_scores[None])[0]
+    scores["mse"]["tin_test"]["auroc"] = tin_test
     folder = study.folder(name)
-    folder.mkdir(parents=True)
+    (folder / "scores").mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({"scores": scores}))
+    order = np.random.default_rng(4).permutation(IMAGES)  # saved in any order: the study aligns by index
+    for dataset, values in (("id", id_scores), ("tin_val", ood_scores)):
+        np.savez(folder / "scores" / f"{dataset}.npz", index=order, score_mse=values[order])
 
 
 @pytest.fixture
@@ -25,16 +42,36 @@ def study(tmp_path):
     return lfdn_study.Study(tmp_path / "runs", tmp_path / "data", tmp_path / "cache")
 
 
-def test_winner_is_chosen_on_the_validation_half_only(study):
+def test_a_setting_must_beat_the_default_beyond_the_noise_on_the_validation_half(study):
     table = next(t for t in lfdn_study.TABLES if t.key == "backbone")
     names = [lfdn_study.stage_name(table, s) for s in table.settings]
     assert names == ["default", "backbone-Lite1", "backbone-Lite2"]
-    _write(study, "default", tin_val=0.70, tin_test=0.90)  # best on the reported half: must not matter
-    _write(study, "backbone-Lite1", tin_val=0.75, tin_test=0.60)
+    _write(study, "default", tin_test=0.99)  # best on the reported half: must not matter
+    _write(study, "backbone-Lite1", noise=0.2, noise_seed=10)
+    point, low, high = lfdn_study.gain(study, "backbone-Lite1")
+    assert point > 0 and low < 0 < high  # ahead of the default by chance: the old highest-AUROC rule took it
     assert lfdn_study.winner(study, table) is None  # Lite2 pending: no choice yet
-    _write(study, "backbone-Lite2", tin_val=0.72, tin_test=0.95)
-    assert lfdn_study.winner(study, table).label == "Lite1"
+    _write(study, "backbone-Lite2", shift=-0.3)
+    assert lfdn_study.winner(study, table) == lfdn_study.DEFAULT
     assert lfdn_study.combined_setting(study) is None  # the other tables are pending
+
+
+def test_a_real_gain_wins_and_the_largest_real_gain_wins(study):
+    _write(study, "default")
+    _write(study, "backbone-Lite1", shift=0.3, tin_test=0.0)
+    _write(study, "backbone-Lite2", shift=0.6, noise=0.1)
+    point, low, _ = lfdn_study.gain(study, "backbone-Lite1")
+    assert low > 0 and point < lfdn_study.gain(study, "backbone-Lite2")[0]
+    table = next(t for t in lfdn_study.TABLES if t.key == "backbone")
+    assert lfdn_study.winner(study, table).label == "Lite2"
+
+
+def test_stages_that_scored_different_images_are_not_compared(study):
+    _write(study, "default")
+    _write(study, "backbone-Lite1")
+    np.savez(study.folder("backbone-Lite1") / "scores" / "id.npz", index=np.arange(10), score_mse=np.zeros(10))
+    with pytest.raises(ValueError, match="different images"):
+        lfdn_study.gain(study, "backbone-Lite1")
 
 
 def test_every_setting_has_its_own_stage_and_the_default_is_shared():
@@ -59,19 +96,19 @@ def test_scoring_settings_score_the_default_checkpoint(study):
     assert stage.done == study.folder("scoring-x") / "results.json"
 
 
-def test_combined_stage_is_named_by_the_winners_it_combines(study):
+def test_combined_stage_is_named_by_the_winners_it_combines(study, tmp_path):
     for table in lfdn_study.TABLES:
         for setting in table.settings:
             name = lfdn_study.stage_name(table, setting)
             if not study.folder(name).exists():
-                _write(study, name, tin_val=0.80 if setting.label == "Lite2" else 0.70, tin_test=0.70)
+                _write(study, name, shift=0.5 if setting.label == "Lite2" else 0.0)
     combined = lfdn_study.combined_setting(study)
     assert combined.label == "Lite2"
     assert combined.overrides == ("--model.init_args.backbone.init_args.model_name", "tf_efficientnet_lite2")
     first = lfdn_study.combined_name(combined)
-    (study.folder("image_size-160_px") / "results.json").unlink()  # a table's winner changes:
-    study.folder("image_size-160_px").rmdir()
-    _write(study, "image_size-160_px", tin_val=0.90, tin_test=0.70)
+    shutil.rmtree(study.folder("image_size-160_px"))  # a table's winner changes:
+    _write(study, "image_size-160_px", shift=0.8)
+    study = lfdn_study.Study(study.out, study.root, study.cache)  # a new run of the script
     combined = lfdn_study.combined_setting(study)
     assert combined.label == "Lite2 + 160 px"
     assert lfdn_study.combined_name(combined) not in (first, "combined")  # a new stage, not the old one's results
