@@ -2,7 +2,7 @@
 
     python benchmarks/lfdn_cifar10_jpeg.py                      # extracts ../shared/data into data/ if needed
     python benchmarks/lfdn_cifar10_jpeg.py --train 10000 --eval 2000 --epochs 30 --image-size 128
-    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --neck-stride 8   # another backbone, taps, pooling
+    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --neck-stride 8    # other settings
 
 Prints and writes (benchmarks/results/lfdn_cifar10_jpeg.md):
 - AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, from a train.py
