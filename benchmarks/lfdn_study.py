@@ -254,21 +254,24 @@ def gain(study: Study, name: str, baseline: str = "default") -> tuple[float, flo
     return study.gains[name, baseline]
 
 
-def winner(study: Study, table: Table) -> Setting | None:
-    """Once every row of the table is done: the row with the largest tin_val AUROC gain over the default among those
-    whose bootstrap interval lies above zero; the default when none does (a change must earn its place: a gain
-    within the noise of 2,000 + 2,000 images is no reason to move)."""
+def winner(study: Study, table: Table, finished_only: bool = False) -> Setting | None:
+    """Once every row of the table is done (or, with `finished_only`, among the rows done so far): the row with the
+    largest tin_val AUROC gain over the default among those whose bootstrap interval lies above zero; the default
+    when none does (a change must earn its place: a gain within the noise of 2,000 + 2,000 images is no reason to
+    move)."""
     names = {s: stage_name(table, s) for s in table.settings}
-    if any(study.results(n) is None for n in names.values()):
+    done = {s: n for s, n in names.items() if study.results(n) is not None}
+    if (len(done) < len(names) and not finished_only) or "default" not in done.values():
         return None
-    gains = {s: gain(study, n) for s, n in names.items() if not s.is_default}
+    gains = {s: gain(study, n) for s, n in done.items() if not s.is_default}
     earned = [s for s, (_, low, _) in gains.items() if low > 0]
     return max(earned, key=lambda s: gains[s][0]) if earned else DEFAULT
 
 
-def combined_setting(study: Study) -> Setting | None:
-    """The winners of every table together (None until every table is done)."""
-    winners = [winner(study, table) for table in TABLES]
+def combined_setting(study: Study, provisional: bool = False) -> Setting | None:
+    """The winners of every table together (None until every table is done). `provisional`: the winners among the
+    stages done so far; its stage is the one the final combination reuses if those winners hold."""
+    winners = [winner(study, table, finished_only=provisional) for table in TABLES]
     if any(w is None for w in winners):
         return None
     overrides = [o for w in winners for o in w.overrides]
@@ -392,24 +395,33 @@ def write_report(study: Study, page: Path) -> None:
               "LR = score of the first-epoch EMA minus score of the final EMA (the released sign: higher = OOD). "
               "An AUROC below 50 means the released sign ranks OOD *lower* than ID.", "", *lr_sign_rows(study), "",
               *lr_sign_summary(study)]
-    combined = combined_setting(study)
-    if combined is None:
-        lines += ["## Combined winners", "", "Pending: needs every table done.", ""]
-    else:
-        r = study.results(combined_name(combined))
-        lines += ["## Combined winners", "", f"Setting: {combined.label} "
-                  f"(overrides: `{' '.join(combined.overrides) or 'none'}`).", ""]
-        if r is None:
-            lines += ["Pending.", ""]
-        else:
-            best = max(("mse", "mfsim", "lr_mse", "lr_mfsim"), key=lambda s: auroc(r, s, SELECT))
-            lines += [f"Score chosen on {SELECT}: `{best}`: tin_test AUROC {auroc(r, best, 'tin_test'):.2f}, "
-                      f"mnist AUROC {auroc(r, best, 'mnist'):.2f}. Gain of `{SELECTION_SCORE}` on {SELECT} over the "
-                      f"default stage: {gain_cell(study, combined_name(combined))}.", "", *score_rows(r), ""]
+    lines += ["## Combined winners", "", *combined_rows(study)]
     atomic_write_text(page, "\n".join(lines))
     metrics = {n: {s: {d: v for d, v in study.results(n)["scores"][s].items()} for s in SCORES} for n in done}
     atomic_write_text(page.with_suffix(".json"), json.dumps(metrics, indent=2) + "\n")
     print(f"written to {page}", flush=True)
+
+
+def combined_rows(study: Study) -> list[str]:
+    """The combination of the winners and its scores; while tables are pending, the provisional combination's, if
+    it has been run (--provisional-combined)."""
+    combined = combined_setting(study)
+    if combined is None:
+        combined = combined_setting(study, provisional=True)
+        if combined is None or study.results(combined_name(combined)) is None:
+            return ["Pending: needs every table done.", ""]
+        pending = [t.key for t in TABLES if winner(study, t) is None]
+        lines = [f"Provisional: the winners so far; tables with pending rows: {', '.join(pending)}.", ""]
+    else:
+        lines = []
+    lines += [f"Setting: {combined.label} (overrides: `{' '.join(combined.overrides) or 'none'}`).", ""]
+    r = study.results(combined_name(combined))
+    if r is None:
+        return lines + ["Pending.", ""]
+    best = max(("mse", "mfsim", "lr_mse", "lr_mfsim"), key=lambda s: auroc(r, s, SELECT))
+    return lines + [f"Score chosen on {SELECT}: `{best}`: tin_test AUROC {auroc(r, best, 'tin_test'):.2f}, "
+                    f"mnist AUROC {auroc(r, best, 'mnist'):.2f}. Gain of `{SELECTION_SCORE}` on {SELECT} over the "
+                    f"default stage: {gain_cell(study, combined_name(combined))}.", "", *score_rows(r), ""]
 
 
 def main() -> None:
@@ -421,12 +433,21 @@ def main() -> None:
     parser.add_argument("--page", type=Path, default=REPO / "benchmarks" / "results" / "lfdn_study.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite the results page, run nothing")
     parser.add_argument("--only", nargs="*", default=None, help="run only these stages (names as on the page)")
+    parser.add_argument("--provisional-combined", action="store_true",
+                        help="run only the combination of the winners so far (tables with pending rows choose "
+                        "among their finished rows); the final combination reuses it if those winners hold")
     parser.add_argument("--quick", action="store_true", help="300 training images, 100 per test set, 2 epochs: "
                         "checks the pipeline (use another --out, --cache and --page)")
     args = parser.parse_args()
 
     study = Study(args.out, args.root, args.cache, QUICK if args.quick else ())
-    if not args.report_only:
+    if args.provisional_combined:
+        combined = combined_setting(study, provisional=True)
+        if combined is None:
+            parser.error("the default stage has not finished: nothing to combine yet")
+        ensure_extracted(args.root)
+        study.run(combined_name(combined), combined)
+    elif not args.report_only:
         ensure_extracted(args.root)
         args.out.mkdir(parents=True, exist_ok=True)
         for name, setting in [("default", DEFAULT), *run_order()]:

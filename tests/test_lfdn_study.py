@@ -112,3 +112,19 @@ def test_combined_stage_is_named_by_the_winners_it_combines(study, tmp_path):
     combined = lfdn_study.combined_setting(study)
     assert combined.label == "Lite2 + 160 px"
     assert lfdn_study.combined_name(combined) not in (first, "combined")  # a new stage, not the old one's results
+
+
+def test_provisional_combination_takes_the_winners_among_finished_rows(study):
+    _write(study, "default")
+    assert lfdn_study.combined_setting(study, provisional=True).label == "default"
+    _write(study, "backbone-Lite2", shift=0.5)  # Lite1 pending: the table has no final winner yet
+    _write(study, "taps-neck_stride_8", shift=0.3)
+    _write(study, "image_size-192_px", shift=-0.5)
+    assert lfdn_study.combined_setting(study) is None
+    combined = lfdn_study.combined_setting(study, provisional=True)
+    assert combined.label == "Lite2 + neck stride 8"
+    assert lfdn_study.combined_name(combined) == "combined-Lite2+neck_stride_8"
+    assert lfdn_study.combined_rows(study)[0] == "Pending: needs every table done."  # not run yet
+    _write(study, "combined-Lite2+neck_stride_8", shift=0.8)
+    rows = lfdn_study.combined_rows(study)
+    assert rows[0].startswith("Provisional") and "backbone" in rows[0] and "Lite2 + neck stride 8" in rows[2]
