@@ -127,7 +127,8 @@ TABLES = (
 RUN_FIRST = ("scoring-start_index_20", "scoring-start_index_3_eta_0", "taps-levels_2-4", "taps-levels_3-4",
              "backbone-Lite2", "epochs-10_epochs", "epochs-60_epochs", "backbone-Lite1", "width_depth-768_x_3",
              "width_depth-384_x_6", "train_size-25000", "image_size-160_px", "image_size-96_px", "taps-levels_1-4",
-             "taps-neck_stride_8", "image_size-192_px", "width_depth-1536_x_6")
+             "taps-neck_stride_8", "image_size-192_px", "taps-levels_0-3", "taps-neck_stride_32",
+             "width_depth-1536_x_6")
 RUN_LAST = ("image_size-224_px", "epochs-100_epochs", "train_size-50000_(all)")
 
 
