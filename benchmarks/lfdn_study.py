@@ -119,6 +119,7 @@ TABLES = (
               _s("levels 2-4", f"{BACKBONE}out_indices", "[2,3,4]"),
               _s("levels 3-4", f"{BACKBONE}out_indices", "[3,4]"),
               _s("levels 0-3", f"{BACKBONE}out_indices", "[0,1,2,3]"),
+              _s("neck stride 4", f"{BACKBONE}neck_stride", "4"),
               _s("neck stride 8", f"{BACKBONE}neck_stride", "8"),
               _s("neck stride 32", f"{BACKBONE}neck_stride", "32"))),
 )
@@ -128,7 +129,7 @@ RUN_FIRST = ("scoring-start_index_20", "scoring-start_index_3_eta_0", "taps-leve
              "backbone-Lite2", "epochs-10_epochs", "epochs-60_epochs", "backbone-Lite1", "width_depth-768_x_3",
              "width_depth-384_x_6", "train_size-25000", "image_size-160_px", "image_size-96_px", "taps-levels_1-4",
              "taps-neck_stride_8", "image_size-192_px", "taps-levels_0-3", "taps-neck_stride_32",
-             "width_depth-1536_x_6")
+             "taps-neck_stride_4", "width_depth-1536_x_6")
 RUN_LAST = ("image_size-224_px", "epochs-100_epochs", "train_size-50000_(all)")
 
 
