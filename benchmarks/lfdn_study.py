@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ood_lightning.metrics import auroc as arrays_auroc
 from ood_lightning.io import atomic_write_text
 
 from common import REPO, Stage, ensure_extracted, minutes, run_stages
@@ -229,7 +230,8 @@ def stage_scores(study: Study, name: str, dataset: str) -> np.ndarray:
 
 
 def _aurocs(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
-    """AUROC of each row (Mann-Whitney from ranks; ties only occur between copies of one resampled image, which
+    """AUROC of each bootstrap row, all rows at once (arrays_auroc takes one pair of arrays at a time;
+    Mann-Whitney from ranks; ties only occur between copies of one resampled image, which
     are in the same set and so do not change the count)."""
     n_id, n_ood = id_scores.shape[1], ood_scores.shape[1]
     ranks = np.concatenate([id_scores, ood_scores], axis=1).argsort(axis=1).argsort(axis=1) + 1
@@ -250,7 +252,7 @@ def gain(study: Study, name: str, baseline: str = "default") -> tuple[float, flo
     i = rng.integers(0, len(id_a), (RESAMPLES, len(id_a)))
     o = rng.integers(0, len(ood_a), (RESAMPLES, len(ood_a)))
     gains = _aurocs(id_a[i], ood_a[o]) - _aurocs(id_b[i], ood_b[o])
-    point = _aurocs(id_a[None], ood_a[None])[0] - _aurocs(id_b[None], ood_b[None])[0]
+    point = arrays_auroc(id_a, ood_a) - arrays_auroc(id_b, ood_b)
     low, high = np.quantile(gains, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     study.gains[name, baseline] = 100 * point, 100 * low, 100 * high
     return study.gains[name, baseline]

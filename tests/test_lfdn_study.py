@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ood_lightning.metrics import auroc
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lfdn_study  # noqa: E402  (a script folder, not a package)
 
@@ -27,7 +29,7 @@ def _write(study, name: str, shift: float = 0.0, noise: float = 0.0, noise_seed:
     metrics = {"auroc": 0.5, "fpr95": 0.5, "n_id": IMAGES, "n_ood": IMAGES}
     scores = {score: {"tin_val": dict(metrics), "tin_test": dict(metrics), "mnist": dict(metrics)}
               for score in lfdn_study.SCORES}
-    scores["mse"]["tin_val"]["auroc"] = lfdn_study._aurocs(id_scores[None], ood_scores[None])[0]
+    scores["mse"]["tin_val"]["auroc"] = auroc(id_scores, ood_scores)
     scores["mse"]["tin_test"]["auroc"] = tin_test
     folder = study.folder(name)
     (folder / "scores").mkdir(parents=True)
