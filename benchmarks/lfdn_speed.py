@@ -6,8 +6,8 @@
 1. Cached against uncached LFDN training epoch with EfficientNet-B4 at 224 px, the paper's backbone and size
    (configs/lfdn/cifar10.yaml: static 380 px padding, the 1440 x 16 LFDN), in one run on the CIFAR-10 JPEGs. The
    B4 gets random initial weights: its cost does not depend on them, and no ImageNet B4 file loads offline.
-2. The LFDN training step of the CPU default (configs/lfdn/cifar10_jpeg.yaml: Lite0 features, 768 x 6) and of the
-   paper's network: its achieved GFLOP/s (forward and backward FLOPs counted by torch's FlopCounterMode, over the
+2. The LFDN training step of the CPU-sized network (768 x 6 on Lite0 features, where the settings study began) and
+   of the paper's network: its achieved GFLOP/s (forward and backward FLOPs counted by torch's FlopCounterMode, over the
    median step time; AdamW's element-wise update counted as no FLOPs) against the matrix products of the same
    step, recorded shape for shape and replayed as plain torch.mm calls: the ceiling these cores reach on them.
 Every figure: warmed up, the compared paths timed in turn, median of --rounds rounds (benchmarks/lfdn_timing.py).
@@ -34,7 +34,7 @@ from lfdn_timing import TrainingSteps, alternate, batches
 B4 = dict(model_name="tf_efficientnet_b4", weights=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
           static_same_padding=380)
 NETWORKS = {  # name: (backbone options, LFDN width, depth)
-    "CPU default (Lite0 features, 512-d, 768 x 6)": (dict(model_name="tf_efficientnet_lite0", weights=None), 768, 6),
+    "CPU-sized (Lite0 features, 512-d, 768 x 6)": (dict(model_name="tf_efficientnet_lite0", weights=None), 768, 6),
     "paper (B4 features, 720-d, 1440 x 16)": (B4, 1440, 16),
 }
 MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
