@@ -343,7 +343,8 @@ def lr_sign_rows(study: Study) -> list[str]:
 
 def lr_sign_summary(study: Study) -> list[str]:
     """Which finished epochs stages keep the released LR sign on the selection half (AUROC above 50), and the
-    benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json, whole Tiny-ImageNet val as 'tin') beside them."""
+    benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json, whole Tiny-ImageNet val as 'tin') beside them.
+    The benchmark runs the config's current default, which the study chose; the epochs rows are the study's start."""
     table = next(t for t in TABLES if t.key == "epochs")
     finished = [(table.label(s), study.results(stage_name(table, s))) for s in table.settings]
     holds = [label for label, r in finished if r is not None and auroc(r, "lr_mse", SELECT) > 50]
@@ -353,8 +354,8 @@ def lr_sign_summary(study: Study) -> list[str]:
     benchmark = REPO / "benchmarks" / "results" / "lfdn_cifar10_jpeg.json"
     if benchmark.is_file():
         r = json.loads(benchmark.read_text())
-        lines += ["The benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json: the default setting on the "
-                  "whole Tiny-ImageNet val, not the halves):", "",
+        lines += ["The benchmark's own run (benchmarks/results/lfdn_cifar10_jpeg.json, with the settings its .md page "
+                  "names, on the whole Tiny-ImageNet val, not the halves):", "",
                   "| score | tin AUROC | mnist AUROC |", "|---|---:|---:|",
                   *[f"| {score} | {auroc(r, score, 'tin'):.2f} | {auroc(r, score, 'mnist'):.2f} |"
                     for score in ("lr_mse", "lr_mfsim", "mse_epoch0", "mse")], ""]
